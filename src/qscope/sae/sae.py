@@ -1,0 +1,119 @@
+"""The SAE module: encode residual activations into sparse features and decode them back.
+
+Weights follow SAELens' orientation: `W_enc` (d_model, d_sae), `W_dec` (d_sae, d_model).
+Encode is Qwen-Scope's: `pre = x @ W_enc + b_enc` (no `b_dec` subtraction unless the config
+says so), then TopK / JumpReLU / ReLU. TopK SAEs decode sparsely from the k active rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import activations as act
+from .config import SAEConfig
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder on one hook point (a layer's residual stream)."""
+
+    def __init__(self, cfg: SAEConfig, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.cfg = cfg
+        shape = dict(dtype=dtype, device=device)
+        self.W_enc = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_sae, **shape))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **shape))
+        self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_model, **shape))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_model, **shape))
+        if cfg.activation == "jumprelu":
+            self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, **shape))
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def random(cls, cfg: SAEConfig, seed: int = 0, device: str | torch.device = "cpu") -> "SAE":
+        """Unit-norm random decoder, encoder = decoder transpose: the usual TopK initialisation."""
+        sae = cls(cfg, device=device)
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(cfg.d_sae, cfg.d_model, generator=gen)
+        w = w / w.norm(dim=-1, keepdim=True)
+        with torch.no_grad():
+            sae.W_dec.copy_(w)
+            sae.W_enc.copy_(w.T)
+        return sae
+
+    @classmethod
+    def load(cls, source: str | Path, layer: int | None = None, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32, k: int | None = None) -> "SAE":
+        """Load from a Qwen-Scope file/repo/folder (+ layer), a SAELens, sparsify or qscope folder,
+        or `"default"` (qscope's shipped SAEs for the default model)."""
+        from .formats import load_sae
+
+        return load_sae(source, layer=layer, device=device, dtype=dtype, k=k)
+
+    def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write a qscope folder (= SAELens layout: cfg.json + sae_weights.safetensors), atomically."""
+        from .formats import save_sae
+
+        return save_sae(self, folder, dtype=dtype)
+
+    # ----------------------------------------------------------------- math
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.W_enc.dtype)
+        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations `x @ W_enc + b_enc`, (..., d_sae): what SASFT penalises."""
+        return self._input(x) @ self.W_enc + self.b_enc
+
+    def encode_topk(self, x: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k strongest features as (values, indices), each (..., k).
+
+        For a TopK SAE this is the encoding itself (k defaults to the SAE's k); for other
+        activations it is the k largest of the dense code.
+        """
+        k = k or self.cfg.k
+        if k is None:
+            raise ValueError("k is required for a non-TopK SAE")
+        if self.cfg.activation == "topk" and k == self.cfg.k:
+            return act.topk_sparse(self.pre_acts(x), k)
+        return self.encode(x).topk(k, dim=-1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense feature activations (..., d_sae); zero where a feature is off."""
+        if self.cfg.activation == "topk":
+            values, indices = act.topk_sparse(self.pre_acts(x), self.cfg.k)
+            return act.scatter_dense(values, indices, self.cfg.d_sae)
+        pre = self.pre_acts(x)
+        if self.cfg.activation == "jumprelu":
+            return act.jumprelu(pre, self.threshold)
+        return act.relu(pre)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction `f @ W_dec + b_dec` from dense codes."""
+        return f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from (values, indices): touches only the k active decoder rows."""
+        lead = values.shape[:-1]
+        k = values.shape[-1]
+        out = F.embedding_bag(indices.reshape(-1, k), self.W_dec, per_sample_weights=values.reshape(-1, k).to(self.W_dec.dtype),
+                              mode="sum")
+        return out.reshape(*lead, -1) + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode then decode (sparsely for TopK)."""
+        if self.cfg.activation == "topk":
+            return self.decode_sparse(*self.encode_topk(x))
+        return self.decode(self.encode(x))
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        k = f", k={c.k}" if c.k else ""
+        return f"SAE({c.activation}, d_model={c.d_model}, d_sae={c.d_sae}{k}, layer={c.layer}, model={c.model_name})"
