@@ -78,6 +78,18 @@ class LM:
             raise QScopeError(f"layer {bad[0]} out of range: {self.name} has layers 0..{self.n_layers - 1}")
         return [int(layer) for layer in layers]
 
+    def check_sae(self, sae, layer: int | None = None) -> int:
+        """The layer `sae` reads from this model, after checking shape and layer range."""
+        cfg = sae.cfg
+        layer = cfg.layer if layer is None else layer
+        if layer is None:
+            raise QScopeError("the SAE does not say which layer it reads; pass a layer")
+        self.check_layers([layer])
+        if cfg.d_model != self.d_model:
+            raise QScopeError(f"SAE d_model={cfg.d_model} does not match {self.name} (d_model={self.d_model}): "
+                              f"this SAE belongs to another model{f' ({cfg.model_name})' if cfg.model_name else ''}")
+        return int(layer)
+
     def tokenize(self, texts: Sequence[str], max_length: int | None = 512, padding_side: str = "right"):
         """Batch-tokenise with padding; no special tokens are added beyond the tokenizer's own."""
         if isinstance(texts, str):

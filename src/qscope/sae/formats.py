@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import QScopeError
@@ -36,6 +36,10 @@ def _layer_from_name(name: str) -> int | None:
 def read_qwen_scope_file(path: Path) -> tuple[SAEConfig, State]:
     """A Qwen-Scope `layer{n}.sae.pt`: a plain dict of 4 tensors; W_enc (d_sae, d_model),
     W_dec (d_model, d_sae). Unpickled with `weights_only=True`: code in the pickle never runs."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic not in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):  # torch zip or raw pickle
+        raise QScopeError(f"{path}: not a readable torch tensor file (unknown header {magic!r})")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -76,7 +80,7 @@ def read_saelens_folder(folder: Path) -> tuple[SAEConfig, State]:
     arch = cfg.get("architecture") or cfg.get("activation_fn_str") or "standard"
     activation = ours.get("activation") or {"topk": "topk", "jumprelu": "jumprelu"}.get(arch, "relu")
     k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
-    hook = ours.get("hook") or meta.get("hook_name") or cfg.get("hook_name")
+    hook = ours["hook"] if "hook" in ours else (meta.get("hook_name") or cfg.get("hook_name"))
     layer = ours.get("layer", cfg.get("hook_layer"))
     if layer is None and hook:
         layer = _layer_from_name(hook.replace("blocks.", "layers."))
@@ -138,7 +142,7 @@ def _resolve(source: str, layer: int | None) -> tuple[SAEConfig, State, Release 
         raise QScopeError(f"{path}: not an SAE file (expected layer<n>.sae.pt, or a folder with cfg.json)")
     if path.is_dir():
         return _read_folder(path, layer) + (find_release(path.name),)
-    if path.suffix or source.startswith((".", "/", "~")) or source.count("/") != 1:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", source) or source.endswith((".pt", ".safetensors", ".json")):
         raise QScopeError(f"{source}: no such file or folder (and not a hub repo id like 'Qwen/SAE-Res-...')")
     return _read_hub(source, layer)
 
@@ -236,7 +240,7 @@ def _read_safetensors(path: Path) -> State:
         return load_file(str(path))
     except FileNotFoundError:
         raise QScopeError(f"{path}: missing") from None
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise QScopeError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
 
 

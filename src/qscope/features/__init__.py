@@ -1,0 +1,1 @@
+"""Finding and describing features: logit effects, contrastive search, dashboards."""
