@@ -146,11 +146,21 @@ class LM:
                                                       add_generation_prompt=True)
         return prompt
 
+    def _edits(self, steer) -> dict[int, hooks.EditFn]:
+        """Merge the edits of one or several steering objects; edits on one layer compose."""
+        merged: dict[int, hooks.EditFn] = {}
+        for item in steer if isinstance(steer, (list, tuple)) else [steer]:
+            for layer, fn in item.edits(self).items():
+                prev = merged.get(layer)
+                merged[layer] = fn if prev is None else (lambda h, f=fn, g=prev: f(g(h)))
+        return merged
+
     @torch.no_grad()
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 64, steer=None, chat: bool = False,
                  do_sample: bool = False, temperature: float = 1.0, seed: int | None = None, **kwargs) -> str | list[str]:
-        """Generate continuations; `steer` is a steering object with `.edits(lm)` ->
-        {layer: fn(h) -> h} (see qscope.steer), applied on every forward, KV cache included."""
+        """Generate continuations; `steer` is a steering object (or a list of them) with
+        `.edits(lm)` -> {layer: fn(h) -> h} (see qscope.steer), applied on every forward, KV
+        cache included."""
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
         if chat:
@@ -158,7 +168,7 @@ class LM:
         enc = self.tokenize(prompts, max_length=None, padding_side="left")
         if seed is not None:
             torch.manual_seed(seed)
-        context = hooks.edit(self.layers, steer.edits(self)) if steer is not None else nullcontext()
+        context = hooks.edit(self.layers, self._edits(steer)) if steer is not None else nullcontext()
         sampling = dict(do_sample=True, temperature=temperature) if do_sample else dict(do_sample=False)
         with context:
             out = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,

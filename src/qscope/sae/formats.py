@@ -127,7 +127,7 @@ def load_sae(source: str | Path, layer: int | None = None, device: str | torch.d
         config.__post_init__()
     sae = SAE(config, dtype=dtype, device="meta")
     sae.load_state_dict({name: t.to(dtype) for name, t in state.items()}, strict=True, assign=True)
-    return sae.to(device)
+    return sae.requires_grad_(False).to(device)  # inference by default; trainers re-enable grads
 
 
 def _resolve(source: str, layer: int | None) -> tuple[SAEConfig, State, Release | None]:
