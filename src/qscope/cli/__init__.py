@@ -19,7 +19,7 @@ app = typer.Typer(
 
 
 # Each module `qscope.cli.<name>` has `register(app)` adding its commands or sub-app.
-COMMAND_MODULES = ["models", "sae_cmd", "encode", "demo"]
+COMMAND_MODULES = ["models", "sae_cmd", "encode", "demo", "features", "steer"]
 
 
 def _register() -> None:

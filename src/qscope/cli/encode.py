@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from .common import console, emit_json
+from .common import DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_pair
 
 
 def register(root: typer.Typer) -> None:
@@ -14,25 +14,21 @@ def register(root: typer.Typer) -> None:
 
 def encode(
     text: str = typer.Argument(..., help="The text to encode."),
-    model: str = typer.Option("default", "--model", "-m", help="Model: 'default', HF folder, .gguf or hub id."),
-    sae: str = typer.Option("default", "--sae", "-s", help="SAE: 'default', a .sae.pt, a folder or a hub repo id."),
-    layer: int = typer.Option(None, "--layer", "-l", help="Layer (needed for sources holding several)."),
+    model: ModelOpt = "default",
+    sae: SaeOpt = "default",
+    layer: LayerOpt = None,
     top: int = typer.Option(5, help="Features shown per token."),
-    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)."),
-    dtype: str = typer.Option(None, help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
-    json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Show each token's strongest SAE features and their activations.
 
     Example: qscope encode --layer 15 "The cat sat on the mat."
     """
     from ..features.active import encode_text
-    from ..model import load_model
-    from ..sae import SAE
 
-    with console.status("loading model and SAE"):
-        lm = load_model(model, device=device, dtype=dtype)
-        sae_ = SAE.load(sae, layer=layer, device=lm.device)
+    lm, sae_ = load_pair(model, sae, layer, device, dtype)
     result = encode_text(lm, sae_, text, top=top, layer=layer)
     if json:
         emit_json(result)

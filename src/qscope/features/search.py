@@ -1,0 +1,117 @@
+"""Finding features: contrast two text sets, or ask which features promote given tokens."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+
+from ..errors import QScopeError
+from .codes import iter_text_codes
+from .logits import unembedding
+
+
+class FeatureStats:
+    """Running per-feature statistics over tokens (position 0 excluded) and over texts."""
+
+    def __init__(self, d_sae: int):
+        self.sum = torch.zeros(d_sae, dtype=torch.float64)
+        self.fires = torch.zeros(d_sae, dtype=torch.float64)
+        self.text_fires = torch.zeros(d_sae, dtype=torch.float64)
+        self.tokens = 0
+        self.texts = 0
+
+    def update(self, codes) -> None:
+        start = 1 if len(codes.tokens) > 1 else 0
+        values, indices = codes.values[start:].reshape(-1), codes.indices[start:].reshape(-1)
+        on = values > 0
+        self.sum.index_add_(0, indices[on], values[on].double())
+        self.fires.index_add_(0, indices[on], torch.ones(int(on.sum()), dtype=torch.float64))
+        self.text_fires[indices[on].unique()] += 1
+        self.tokens += len(codes.tokens) - start
+        self.texts += 1
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.tokens, 1)
+
+    @property
+    def rate(self) -> torch.Tensor:
+        return self.fires / max(self.tokens, 1)
+
+    @property
+    def text_rate(self) -> torch.Tensor:
+        return self.text_fires / max(self.texts, 1)
+
+
+def collect_stats(lm, sae, texts: Sequence[str], layer: int | None = None, batch_size: int = 8,
+                  max_length: int = 256, progress=None) -> FeatureStats:
+    stats = FeatureStats(sae.cfg.d_sae)
+    for codes in iter_text_codes(lm, sae, texts, layer, batch_size, max_length):
+        stats.update(codes)
+        if progress:
+            progress()
+    return stats
+
+
+@dataclass
+class FeatureScore:
+    feature: int
+    score: float
+    mean_pos: float
+    mean_neg: float
+    rate_pos: float
+    rate_neg: float
+
+
+@dataclass
+class ContrastResult:
+    layer: int
+    by: str
+    n_pos: int
+    n_neg: int
+    tokens_pos: int
+    tokens_neg: int
+    features: list[FeatureScore] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def ids(self) -> list[int]:
+        return [f.feature for f in self.features]
+
+
+def contrast(lm, sae, positive: Sequence[str], negative: Sequence[str], layer: int | None = None, top: int = 20,
+             by: str = "mean", batch_size: int = 8, max_length: int = 256, progress=None) -> ContrastResult:
+    """Features ranked by how much more they fire on `positive` than on `negative` texts:
+    difference of mean activation per token (`by="mean"`) or of firing rate (`by="rate"`)."""
+    if not positive or not negative:
+        raise QScopeError("contrast needs at least one positive and one negative text")
+    if by not in ("mean", "rate"):
+        raise QScopeError(f"rank by 'mean' or 'rate', not {by!r}")
+    layer = lm.check_sae(sae, layer)
+    pos = collect_stats(lm, sae, positive, layer, batch_size, max_length, progress)
+    neg = collect_stats(lm, sae, negative, layer, batch_size, max_length, progress)
+    score = pos.mean - neg.mean if by == "mean" else pos.rate - neg.rate
+    order = score.argsort(descending=True)[:top]
+    feats = [FeatureScore(int(f), float(score[f]), float(pos.mean[f]), float(neg.mean[f]), float(pos.rate[f]),
+                          float(neg.rate[f])) for f in order]
+    return ContrastResult(layer, by, pos.texts, neg.texts, pos.tokens, neg.tokens, feats)
+
+
+@torch.no_grad()
+def features_for_tokens(lm, sae, tokens: Sequence[str], top: int = 20, suppress: bool = False) -> list[tuple[int, float]]:
+    """Features whose decoder direction most promotes (or suppresses) the given tokens' logits."""
+    ids = []
+    for token in tokens:
+        enc = lm.tokenizer.encode(token, add_special_tokens=False)
+        if len(enc) != 1:
+            raise QScopeError(f"{token!r} is {len(enc)} tokens for this tokenizer; give single tokens (e.g. ' Paris')")
+        ids.append(enc[0])
+    W_U = unembedding(lm)[ids].to(sae.W_dec.dtype)
+    score = (sae.W_dec @ W_U.T).mean(-1)
+    score = -score if suppress else score
+    values, order = score.topk(top)
+    return [(int(f), float(v)) for f, v in zip(order, values)]
