@@ -57,9 +57,13 @@ def test_contrast_refuses_empty(lm, sae):
 
 def test_token_effects_and_search_agree(lm, sae):
     token = " the"
-    best, _ = features_for_tokens(lm, sae, [token], top=1)[0]
+    (best, score), (second, _) = features_for_tokens(lm, sae, [token], top=2)
+    token_id = lm.tokenizer.encode(token)[0]
+    effect_on_token = sae.W_dec @ lm.model.get_output_embeddings().weight[token_id]
+    assert best == int(effect_on_token.argmax()) and abs(score - float(effect_on_token.max())) < 1e-5
     effect = token_effects(lm, sae, [best], n=3)[0]
-    assert effect.promoted[0][0] == token
+    assert effect.promoted[0][1] >= score >= effect.suppressed[0][1]
+    assert features_for_tokens(lm, sae, [token], top=1, suppress=True)[0][0] == int(effect_on_token.argmin())
     with pytest.raises(QScopeError, match="tokens"):
         features_for_tokens(lm, sae, ["The quick brown fox jumps"])
 
