@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from ..errors import QScopeError
 from .common import console
@@ -19,7 +20,7 @@ app = typer.Typer(
 
 
 # Each module `qscope.cli.<name>` has `register(app)` adding its commands or sub-app.
-COMMAND_MODULES = ["models", "sae_cmd", "encode", "demo", "features", "steer"]
+COMMAND_MODULES = ["models", "data", "sae_cmd", "encode", "demo", "features", "steer"]
 
 
 def _register() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     try:
         app()
     except QScopeError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

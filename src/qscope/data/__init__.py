@@ -1,0 +1,17 @@
+"""Text for qscope: readers for any text source, built-in offline corpora, the default training mix."""
+
+from .corpora import CORPORA, list_corpora, pull_corpus
+from .mix import MIX_WEIGHTS, export_mix, held_out_texts, training_mix
+from .sources import iter_texts, load_texts
+
+__all__ = [
+    "CORPORA",
+    "MIX_WEIGHTS",
+    "export_mix",
+    "held_out_texts",
+    "iter_texts",
+    "list_corpora",
+    "load_texts",
+    "pull_corpus",
+    "training_mix",
+]
