@@ -16,6 +16,10 @@ from torch import nn
 from . import activations as act
 from .config import SAEConfig
 
+# Rows per chunk of the CPU inference encode path (SAE._topk_chunked): 512 x d_sae fp32 is
+# 19 MB for d_sae 9216, small enough to stay in cache between the GEMM and topk.
+ENCODE_CHUNK = 512
+
 
 class SAE(nn.Module):
     """A sparse autoencoder on one hook point (a layer's residual stream)."""
@@ -70,7 +74,39 @@ class SAE(nn.Module):
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activations `x @ W_enc + b_enc`, (..., d_sae): what SASFT penalises."""
-        return self._input(x) @ self.W_enc + self.b_enc
+        x = self._input(x)
+        # addmm adds the bias inside the GEMM (beta=1): one pass over the (n, d_sae) output
+        # instead of matmul + a second full read/write for `+ b_enc` (~15% of encode time on CPU).
+        pre = torch.addmm(self.b_enc, x.reshape(-1, x.shape[-1]), self.W_enc)
+        return pre.reshape(*x.shape[:-1], self.d_sae)
+
+    def _topk_chunked(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`act.topk_sparse(self.pre_acts(x), k)` computed ENCODE_CHUNK rows at a time into one
+        reused buffer (inference on CPU only: `out=` has no autograd).
+
+        Same numbers as the plain path (each row's pre-activations, top-k and ReLU are computed
+        identically); it is faster because the (n, d_sae) pre-activation matrix is never built:
+        a 512-row chunk stays in cache for topk, where the full matrix (151 MB for 4096 x 9216)
+        is read back from memory, and one small buffer is reused instead of a big fresh
+        allocation whose page faults are paid on every call. Peak memory drops likewise.
+        """
+        x = self._input(x)
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
+        n = x.shape[0]
+        values = x.new_empty(n, k)
+        indices = torch.empty(n, k, dtype=torch.long, device=x.device)
+        buf = x.new_empty(min(n, ENCODE_CHUNK), self.d_sae)
+        for start in range(0, n, ENCODE_CHUNK):
+            stop = min(start + ENCODE_CHUNK, n)
+            pre = buf[: stop - start]
+            torch.addmm(self.b_enc, x[start:stop], self.W_enc, out=pre)
+            torch.topk(pre, k, dim=-1, sorted=False, out=(values[start:stop], indices[start:stop]))
+        return values.relu_().reshape(*lead, k), indices.reshape(*lead, k)
+
+    def _chunkable(self, x: torch.Tensor) -> bool:
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.W_enc.requires_grad or self.b_enc.requires_grad)
+        return x.device.type == "cpu" and not needs_grad
 
     def encode_topk(self, x: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The k strongest features as (values, indices), each (..., k).
@@ -82,13 +118,15 @@ class SAE(nn.Module):
         if k is None:
             raise ValueError("k is required for a non-TopK SAE")
         if self.cfg.activation == "topk" and k == self.cfg.k:
+            if self._chunkable(x):
+                return self._topk_chunked(x, k)
             return act.topk_sparse(self.pre_acts(x), k)
         return self.encode(x).topk(k, dim=-1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense feature activations (..., d_sae); zero where a feature is off."""
         if self.cfg.activation == "topk":
-            values, indices = act.topk_sparse(self.pre_acts(x), self.cfg.k)
+            values, indices = self.encode_topk(x)
             return act.scatter_dense(values, indices, self.cfg.d_sae)
         pre = self.pre_acts(x)
         if self.cfg.activation == "jumprelu":

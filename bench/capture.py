@@ -1,0 +1,157 @@
+"""Benchmark: early-stopping residual capture, and TopK SAE encode vs the machine's matmul rate.
+
+    python bench/capture.py [--repeats 10] [--batch 8] [--seq 128] [--n-acts 4096]
+
+1. Capture of layer L = n_layers // 3 on the default model (SmolLM2-135M-Instruct, fp32):
+   `lm.run_to_layers` (hooks stop the forward after block L) and `lm.capture` (the same plus
+   tokenisation and per-token strings) against a plain HF forward with
+   `output_hidden_states=True` over the whole model, same batch. Target: >= 2.5x.
+2. Encode throughput of a 16x TopK SAE (576 -> 9216, k=50, random weights) on a batch of
+   activations against a plain (N x 576) @ (576 x 9216) fp32 matmul on the same shapes.
+   GFLOP/s count 2 * N * d_model * d_sae. Target: encode >= 70% of the matmul rate.
+
+Every variant runs once per repeat, interleaved (A, B, C, A, B, C, ...) after warm-up, so
+load from other processes hits all of them alike; medians are reported (and minima in the
+JSON). Torch's default thread count is used. Writes bench/results/capture.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "src"))
+
+from qscope.io import write_json  # noqa: E402
+from qscope.metrics import SAMPLE_TEXTS  # noqa: E402
+from qscope.model import load_model  # noqa: E402
+from qscope.sae import SAE, SAEConfig  # noqa: E402
+from qscope.sae import activations as act  # noqa: E402
+
+
+def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each variant, `repeats` rounds of one call each, after `warmup` rounds."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.no_grad():
+        for round_ in range(warmup + repeats):
+            for name, fn in variants.items():
+                start = time.perf_counter()
+                fn()
+                elapsed = time.perf_counter() - start
+                if round_ >= warmup:
+                    times[name].append(elapsed)
+    return times
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": [round(t, 5) for t in times]}
+
+
+def token_batch(lm, batch: int, seq: int) -> torch.Tensor:
+    """(batch, seq) ids cut from the sample texts (repeated as needed): real text, no padding."""
+    ids: list[int] = []
+    while len(ids) < batch * seq:
+        for text in SAMPLE_TEXTS:
+            ids.extend(lm.tokenizer(text + "\n\n", add_special_tokens=False)["input_ids"])
+    return torch.tensor(ids[: batch * seq]).reshape(batch, seq)
+
+
+def bench_capture(lm, batch: int, seq: int, repeats: int, warmup: int) -> dict:
+    layer = lm.n_layers // 3
+    ids = token_batch(lm, batch, seq)
+    mask = torch.ones_like(ids)
+    texts = [lm.tokenizer.decode(row) for row in ids]
+    model = lm.model
+
+    def hf_full():
+        return model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states[layer + 1]
+
+    with torch.no_grad():
+        diff = float((lm.run_to_layers(ids, mask, [layer])[layer] - hf_full()).abs().max())
+    times = interleaved({
+        "hf_full_forward": hf_full,
+        "run_to_layers": lambda: lm.run_to_layers(ids, mask, [layer]),
+        "lm.capture": lambda: lm.capture(texts, layer, max_length=seq, batch_size=batch),
+    }, repeats, warmup)
+    tokens = batch * seq
+    rows = {name: {**summary(t), "tokens_per_s": tokens / statistics.median(t)} for name, t in times.items()}
+    base = rows["hf_full_forward"]["median_s"]
+    for row in rows.values():
+        row["speedup_vs_full"] = base / row["median_s"]
+    return {"layer": layer, "n_layers": lm.n_layers, "batch": batch, "seq": seq, "tokens": tokens,
+            "max_abs_diff_vs_hf": diff, "rows": rows, "target_speedup": 2.5,
+            "speedup": rows["run_to_layers"]["speedup_vs_full"],
+            "met": rows["run_to_layers"]["speedup_vs_full"] >= 2.5}
+
+
+def bench_encode(n: int, d_model: int, d_sae: int, k: int, repeats: int, warmup: int) -> dict:
+    sae = SAE.random(SAEConfig(d_model=d_model, d_sae=d_sae, activation="topk", k=k), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d_model, generator=gen)
+    W, b = sae.W_enc.detach(), sae.b_enc.detach()
+    times = interleaved({
+        "matmul (x @ W_enc)": lambda: x @ W,
+        "sae.encode_topk": lambda: sae.encode_topk(x),
+        "naive topk(x @ W + b)": lambda: act.topk_sparse(x @ W + b, k),
+        "sae.forward (enc+dec)": lambda: sae(x),
+    }, repeats, warmup)
+    flops = 2 * n * d_model * d_sae
+    rows = {name: {**summary(t), "gflop_s": flops / statistics.median(t) / 1e9} for name, t in times.items()}
+    rate = rows["matmul (x @ W_enc)"]["gflop_s"]
+    for row in rows.values():
+        row["fraction_of_matmul"] = row["gflop_s"] / rate
+    frac = rows["sae.encode_topk"]["fraction_of_matmul"]
+    return {"n": n, "d_model": d_model, "d_sae": d_sae, "k": k, "flops_per_call": flops, "rows": rows,
+            "matmul_gflop_s": rate, "encode_gflop_s": rows["sae.encode_topk"]["gflop_s"],
+            "fraction": frac, "target_fraction": 0.7, "met": frac >= 0.7}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--n-acts", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "results" / "capture.json"))
+    args = parser.parse_args()
+
+    lm = load_model(args.model, device="cpu", dtype="float32")
+    cap = bench_capture(lm, args.batch, args.seq, args.repeats, args.warmup)
+    enc = bench_encode(args.n_acts, 576, 9216, 50, args.repeats, args.warmup)
+
+    print(f"\n1. capture of layer {cap['layer']} / {cap['n_layers']} on {lm.name}, batch {args.batch} x {args.seq} "
+          f"tokens, median of {args.repeats} (max |diff| vs HF hidden_states: {cap['max_abs_diff_vs_hf']:.2e})")
+    print(f"   {'variant':24s} {'median ms':>10s} {'tokens/s':>10s} {'vs full':>8s}")
+    for name, row in cap["rows"].items():
+        print(f"   {name:24s} {row['median_s'] * 1e3:10.1f} {row['tokens_per_s']:10.0f} {row['speedup_vs_full']:7.2f}x")
+    print(f"   target >= 2.5x: {'met' if cap['met'] else 'MISSED'} ({cap['speedup']:.2f}x)")
+
+    print(f"\n2. TopK SAE encode, {enc['n']} x {enc['d_model']} -> {enc['d_sae']}, k={enc['k']}, "
+          f"{enc['flops_per_call'] / 1e9:.1f} GFLOP per call, median of {args.repeats}")
+    print(f"   {'variant':24s} {'median ms':>10s} {'GFLOP/s':>10s} {'of matmul':>10s}")
+    for name, row in enc["rows"].items():
+        print(f"   {name:24s} {row['median_s'] * 1e3:10.1f} {row['gflop_s']:10.1f} {row['fraction_of_matmul']:9.0%}")
+    print(f"   target >= 70%: {'met' if enc['met'] else 'MISSED'} ({enc['fraction']:.0%})")
+
+    result = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version()},
+        "args": vars(args), "capture": cap, "encode": enc,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    write_json(args.out, result)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
