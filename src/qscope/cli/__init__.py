@@ -20,7 +20,7 @@ app = typer.Typer(
 
 
 # Each module `qscope.cli.<name>` has `register(app)` adding its commands or sub-app.
-COMMAND_MODULES = ["models", "data", "sae_cmd", "sae_eval", "encode", "demo", "features", "steer"]
+COMMAND_MODULES = ["models", "data", "train", "sae_cmd", "sae_eval", "encode", "demo", "features", "steer"]
 
 
 def _register() -> None:
