@@ -1,0 +1,19 @@
+"""Training TopK SAEs: activation store, training math, trainer, checkpoints (see `qscope train`).
+
+- `store`: texts -> LM residuals (filtered, packed, shuffled) or an on-disk activation cache.
+- `topk`: the TopK/AuxK step with an O(N k D) sparse backward.
+- `trainer`: `TrainConfig` and the `Trainer` loop (metrics, DDP, resume).
+- `checkpoint`: atomic checkpoints and the resumable metrics log.
+"""
+
+from .checkpoint import MetricsLog, has_checkpoint, load_checkpoint, save_checkpoint
+from .store import ActivationStore, CacheSource, LMSource, build_cache, read_cache_meta, write_cache
+from .topk import TopKTrainer, auxk_loss, default_lr, fvu, lr_at, sparse_decode, sparse_encode
+from .trainer import TrainConfig, Trainer, evaluate_saes, init_distributed, parse_count, parse_layers, train
+
+__all__ = [
+    "ActivationStore", "CacheSource", "LMSource", "build_cache", "read_cache_meta", "write_cache",
+    "TopKTrainer", "sparse_encode", "sparse_decode", "fvu", "auxk_loss", "default_lr", "lr_at",
+    "TrainConfig", "Trainer", "train", "evaluate_saes", "init_distributed", "parse_count", "parse_layers",
+    "MetricsLog", "save_checkpoint", "load_checkpoint", "has_checkpoint",
+]
