@@ -6,16 +6,30 @@ import json
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 import typer
 from typer.testing import CliRunner
 
-import tiny
 from qscope.errors import QScopeError
 from qscope.sae import SAE, SAEConfig
-from qscope.train import (ActivationStore, CacheSource, LMSource, TopKTrainer, TrainConfig, Trainer, build_cache,
-                          evaluate_saes, lr_at, parse_count, parse_layers, read_cache_meta, sparse_decode,
-                          sparse_encode, write_cache)
+from qscope.train import (
+    ActivationStore,
+    CacheSource,
+    LMSource,
+    TopKTrainer,
+    TrainConfig,
+    Trainer,
+    build_cache,
+    evaluate_saes,
+    lr_at,
+    parse_count,
+    parse_layers,
+    read_cache_meta,
+    sparse_decode,
+    sparse_encode,
+    write_cache,
+)
 from qscope.train.topk import auxk_loss, fvu, scatter_rows
 from qscope.train.trainer import merge_for_resume
 
@@ -123,7 +137,7 @@ def test_step_reduces_loss_keeps_l0_k_and_unit_decoder_rows():
     assert float(stats["fvu"]) < 0.5 * sum(first) / 5
     assert float(stats["l0"]) == pytest.approx(4.0, abs=0.05)
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
-    vals, idx = sae.encode_topk(data(8, gen))
+    _, idx = sae.encode_topk(data(8, gen))
     assert idx.shape == (8, 4)
 
 
@@ -210,7 +224,7 @@ def test_store_packs_with_eos_and_drops_position0_and_huge_norms():
     ids = lm.calls[0]
     assert ids.shape == (4, 8)
     eos = lm.tokenizer.eos_token_id
-    stream = sum((lm.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts[:6]), [])
+    stream = [i for t in texts[:6] for i in lm.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]]
     assert ids.reshape(-1).tolist() == stream[:32]
     rest = ids[:, 1:]
     n_sink = int((rest == _StubLM.SINK).sum())
@@ -371,7 +385,7 @@ def test_cli_train_cache_builds_from_saved_tiny_model(tmp_path):
     lm.tokenizer.save_pretrained(model_dir)
     corpus = tmp_path / "texts.txt"
     corpus.write_text("\n".join(TEXTS))
-    import qscope.data as data
+    from qscope import data
 
     if not hasattr(data, "iter_texts"):
         pytest.skip("qscope.data.iter_texts not available yet")

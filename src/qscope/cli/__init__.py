@@ -20,7 +20,10 @@ app = typer.Typer(
 
 
 # Each module `qscope.cli.<name>` has `register(app)` adding its commands or sub-app.
-COMMAND_MODULES = ["models", "data", "train", "sae_cmd", "sae_eval", "encode", "demo", "features", "steer"]
+COMMAND_MODULES = [
+    "models", "data", "train", "sae_cmd", "sae_eval", "encode", "demo", "features", "steer", "evals", "classify",
+    "synth", "posttrain", "uncertainty", "compare", "serve",
+]
 
 
 def _register() -> None:

@@ -1,8 +1,10 @@
-"""`qscope features`: find features - contrast two text sets, by promoted tokens."""
+"""`qscope features`: find features (contrast two text sets, by promoted tokens) and build, show and
+explain their dashboards from a feature store."""
 
 from __future__ import annotations
 
-from typing import List
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -81,3 +83,174 @@ def tokens_cmd(
     for f, s in rows:
         table.add_row(str(f), f"{s:+.3f}")
     console.print(table)
+
+
+StoreOpt = typer.Option(None, "--store", help="Feature store file (default: the one `features build` made for --model/--sae/--layer).")
+
+
+def _open_store(store: Optional[Path], model: str, sae: str, layer: Optional[int]):
+    from ..features.store import FeatureStore, find_store
+
+    return FeatureStore(store or find_store(model, sae, layer)).check(layer)
+
+
+@app.command("build")
+def build_cmd(
+    model: ModelOpt = "default",
+    sae: SaeOpt = "default",
+    layer: LayerOpt = None,
+    corpus: str = typer.Option("mix", help="'mix' = the default SAE training mix (texts labelled by corpus), or any "
+                               "text source: a file, folder or corpus name (see `qscope data show`)."),
+    n_texts: int = typer.Option(1500, "--n-texts", help="Texts to stream in (a rerun with more continues)."),
+    seed: int = typer.Option(0, help="Seed of the mix's order (part of what a resume checks)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Store file (default: QSCOPE_HOME/stores/"
+                                       "<model>-<sae>-layer<L>.sqlite)."),
+    max_length: int = typer.Option(128, help="Tokens per text (longer texts are cut)."),
+    batch_size: int = typer.Option(8, help="Texts per forward pass."),
+    top_n: int = typer.Option(20, help="Top contexts kept per feature."),
+    checkpoint_every: int = typer.Option(64, help="Commit progress every this many texts."),
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Build (or resume) the feature store behind every dashboard: one pass over the texts.
+
+    The default texts are the SAE training mix (prose, code, Chinese, other languages) rather
+    than held-out text: dashboards want many and varied contexts, and the mix labels each text
+    with its corpus. Interrupt it any time; the same command continues from the last checkpoint.
+
+    Example: qscope features build --layer 15 --n-texts 1500
+    """
+    import json as json_
+    import sqlite3
+    import time
+    from itertools import islice
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..errors import QScopeError
+    from ..features.store import build_store, default_store_path
+
+    if n_texts < 1:
+        raise QScopeError("--n-texts must be at least 1")
+    lm, sae_ = load_pair(model, sae, layer, device, dtype)
+    layer_ = lm.check_sae(sae_, layer)
+    path = out or default_store_path(model, sae, layer_)
+    if corpus == "mix":
+        from ..data.mix import mix_records
+
+        texts = islice(mix_records(None, seed), n_texts)
+    else:
+        from ..data import CORPORA, iter_texts
+
+        label = corpus if corpus in CORPORA else None
+        texts = ((label, t) for t in iter_texts(corpus, limit=n_texts))
+    start_done = 0
+    if path.is_file():
+        try:
+            with sqlite3.connect(path) as conn:
+                row = conn.execute("SELECT value FROM meta WHERE key='texts_done'").fetchone()
+                start_done = json_.loads(row[0]) if row else 0
+        except sqlite3.DatabaseError:
+            pass
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    started = time.monotonic()
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"layer {layer_} texts", total=n_texts, completed=min(start_done, n_texts), rate="")
+
+        def progress(done: int, tokens: int) -> None:
+            speed = (done - start_done) / max(time.monotonic() - started, 1e-9)
+            bar.update(task, completed=done, rate=f"{tokens:,} tokens · {speed:.2f} texts/s")
+
+        store = build_store(lm, sae_, texts, path, layer_, max_length=max_length, batch_size=batch_size, top_n=top_n,
+                            checkpoint_every=checkpoint_every, sae_name=sae, progress=progress)
+    seconds = time.monotonic() - started
+    info = store.summary()
+    new = info["texts_done"] - start_done
+    info.update(seconds=round(seconds, 1), texts_per_s=round(new / max(seconds, 1e-9), 3))
+    info.pop("hist_edges", None)
+    if json:
+        emit_json(info)
+        return
+    console.print(f"{path}: {info['texts_done']:,} texts, {info['tokens_done']:,} tokens, {info['features_fired']:,} of "
+                  f"{info['d_sae']:,} features fired, {info['bytes'] / 2**20:.1f} MiB ({new:,} new texts in {seconds:.0f} s)")
+
+
+@app.command("show")
+def show_cmd(
+    feature: Optional[int] = typer.Argument(None, help="Feature id."),
+    store: Optional[Path] = StoreOpt,
+    model: ModelOpt = "default",
+    sae: SaeOpt = "default",
+    layer: LayerOpt = None,
+    top: int = typer.Option(10, help="Top contexts shown."),
+    intervals: int = typer.Option(2, help="Samples shown per activation interval."),
+    plain: bool = typer.Option(False, help="No colours: mark the activating token «like this»."),
+    png: Optional[Path] = typer.Option(None, help="Also write the activation histogram as a PNG."),
+    search: Optional[str] = typer.Option(None, help="Instead, list the features whose explanation has these words."),
+    densest: int = typer.Option(0, help="Instead, list this many features by firing density."),
+    json: JsonOpt = False,
+) -> None:
+    """A feature's dashboard from a feature store (no model is loaded).
+
+    Density, activation histogram, top contexts, samples per activation interval, promoted and
+    suppressed tokens, explanations; or search explanations, or list features by density.
+
+    Example: qscope features show 1234 --layer 15
+    """
+    from ..errors import QScopeError
+    from ..features.render import histogram_png, render_dashboard
+
+    with _open_store(store, model, sae, layer) as st:
+        if search is not None or densest:
+            rows = st.search_explanations(search) if search is not None else st.top_features_by_density(densest)
+            if json:
+                emit_json([r.to_dict() for r in rows])
+                return
+            table = Table(*rows[0].to_dict().keys()) if rows else Table("no match")
+            for r in rows:
+                table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.to_dict().values()))
+            console.print(table)
+            return
+        if feature is None:
+            raise QScopeError("give a feature id (or --search / --densest)")
+        dash = st.dashboard(feature, n_top=max(top, 0) if not json else None)
+    if png:
+        histogram_png(dash, png)
+    if json:
+        emit_json(dash)
+        return
+    render_dashboard(dash, console, n_top=top, n_interval=intervals, plain=plain)
+    if png:
+        console.print(f"histogram written to {png}")
+
+
+@app.command("explain")
+def explain_cmd(
+    features: List[int] = typer.Argument(..., help="Feature ids."),
+    store: Optional[Path] = StoreOpt,
+    model: ModelOpt = "default",
+    sae: SaeOpt = "default",
+    layer: LayerOpt = None,
+    text: Optional[str] = typer.Option(None, "--text", help="Your explanation (stored with source 'manual')."),
+    endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible API base URL, e.g. http://localhost:8000/v1."),
+    api_model: Optional[str] = typer.Option(None, "--api-model", help="Model name the endpoint serves."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key (if any)."),
+    json: JsonOpt = False,
+) -> None:
+    """Attach an explanation to features: by hand, or written by an LLM from the top contexts.
+
+    Example: qscope features explain 1234 --layer 15 --endpoint http://localhost:8000/v1 --api-model qwen3-8b
+    """
+    from ..features.explain import explain_feature
+
+    done = []
+    with _open_store(store, model, sae, layer) as st:
+        for f in features:
+            e = explain_feature(st, f, text=text, endpoint=endpoint, api_model=api_model, api_key_env=api_key_env)
+            done.append(e)
+            if not json:
+                console.print(f"feature {f}: {e.text}  [dim]({e.source})[/]", highlight=False)
+    if json:
+        emit_json([e.to_dict() for e in done])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -49,36 +49,36 @@ def register(app: typer.Typer) -> None:
 
 def train_command(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", help="JSON or TOML file of TrainConfig fields."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this output folder."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="`default`, an HF folder/hub id, or a .gguf."),
-    layers: Optional[str] = typer.Option(None, "--layers", "-l", help="Comma-separated layers, e.g. 3,15,24."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder."),
-    data: Optional[str] = typer.Option(None, "--data", help="`mix` (default corpus mix), a corpus name, file or folder."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Train from this activation cache (built if missing)."),
-    tokens: Optional[str] = typer.Option(None, "--tokens", "-t", help="Training tokens, e.g. 2M, 500k."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Tokens per step (all ranks). [4096]"),
-    expansion: Optional[int] = typer.Option(None, "--expansion", help="d_sae = expansion x d_model. [16]"),
-    d_sae: Optional[int] = typer.Option(None, "--d-sae", help="Number of latents (overrides --expansion)."),
-    k: Optional[int] = typer.Option(None, "--k", "-k", help="Active latents per token. [50]"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adam lr. [2e-4 / sqrt(d_sae / 2^14)]"),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="[min(1000, steps/10)]"),
-    lr_decay: Optional[float] = typer.Option(None, "--lr-decay", help="Linear decay over this last fraction. [0]"),
-    auxk_alpha: Optional[float] = typer.Option(None, "--auxk-alpha", help="AuxK loss weight. [1/32]"),
-    dead_after: Optional[str] = typer.Option(None, "--dead-after", help="Tokens unfired before a latent is dead. "
+    config: Path | None = typer.Option(None, "--config", help="JSON or TOML file of TrainConfig fields."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this output folder."),
+    model: str | None = typer.Option(None, "--model", "-m", help="`default`, an HF folder/hub id, or a .gguf."),
+    layers: str | None = typer.Option(None, "--layers", "-l", help="Comma-separated layers, e.g. 3,15,24."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder."),
+    data: str | None = typer.Option(None, "--data", help="`mix` (default corpus mix), a corpus name, file or folder."),
+    cache: Path | None = typer.Option(None, "--cache", help="Train from this activation cache (built if missing)."),
+    tokens: str | None = typer.Option(None, "--tokens", "-t", help="Training tokens, e.g. 2M, 500k."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Tokens per step (all ranks). [4096]"),
+    expansion: int | None = typer.Option(None, "--expansion", help="d_sae = expansion x d_model. [16]"),
+    d_sae: int | None = typer.Option(None, "--d-sae", help="Number of latents (overrides --expansion)."),
+    k: int | None = typer.Option(None, "--k", "-k", help="Active latents per token. [50]"),
+    lr: float | None = typer.Option(None, "--lr", help="Adam lr. [2e-4 / sqrt(d_sae / 2^14)]"),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="[min(1000, steps/10)]"),
+    lr_decay: float | None = typer.Option(None, "--lr-decay", help="Linear decay over this last fraction. [0]"),
+    auxk_alpha: float | None = typer.Option(None, "--auxk-alpha", help="AuxK loss weight. [1/32]"),
+    dead_after: str | None = typer.Option(None, "--dead-after", help="Tokens unfired before a latent is dead. "
                                              "[min(10M, tokens/10)]"),
-    ctx_len: Optional[int] = typer.Option(None, "--ctx-len", help="Tokens per packed sequence. [256]"),
-    lm_batch: Optional[int] = typer.Option(None, "--lm-batch", help="Sequences per LM forward. [32]"),
-    norm_mult: Optional[float] = typer.Option(None, "--norm-mult", help="Drop tokens above this x median norm. [10]"),
-    buffer_tokens: Optional[str] = typer.Option(None, "--buffer-tokens", help="Shuffle buffer size. [65536]"),
-    holdout_shards: Optional[int] = typer.Option(None, "--holdout-shards",
+    ctx_len: int | None = typer.Option(None, "--ctx-len", help="Tokens per packed sequence. [256]"),
+    lm_batch: int | None = typer.Option(None, "--lm-batch", help="Sequences per LM forward. [32]"),
+    norm_mult: float | None = typer.Option(None, "--norm-mult", help="Drop tokens above this x median norm. [10]"),
+    buffer_tokens: str | None = typer.Option(None, "--buffer-tokens", help="Shuffle buffer size. [65536]"),
+    holdout_shards: int | None = typer.Option(None, "--holdout-shards",
                                                  help="With --cache: keep the last N shards out, for eval."),
-    ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps. [200]"),
-    log_every: Optional[int] = typer.Option(None, "--log-every", help="Metrics row every N steps. [10]"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="[0]"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, ... [auto]"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="The LM's dtype: auto, float32, bfloat16. [auto]"),
-    matmul: Optional[str] = typer.Option(None, "--matmul", help="Encoder matmul precision: auto (tf32 on CUDA, "
+    ckpt_every: int | None = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps. [200]"),
+    log_every: int | None = typer.Option(None, "--log-every", help="Metrics row every N steps. [10]"),
+    seed: int | None = typer.Option(None, "--seed", help="[0]"),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, ... [auto]"),
+    dtype: str | None = typer.Option(None, "--dtype", help="The LM's dtype: auto, float32, bfloat16. [auto]"),
+    matmul: str | None = typer.Option(None, "--matmul", help="Encoder matmul precision: auto (tf32 on CUDA, "
                                          "fp32 on CPU), fp32, tf32, bf16. [auto]"),
     save_fp16: bool = typer.Option(False, "--save-fp16", help="Save the SAEs in float16 (default float32)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress display."),
@@ -86,7 +86,7 @@ def train_command(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from ..train import Trainer, TrainConfig, parse_count, parse_layers
+    from ..train import TrainConfig, Trainer, parse_count, parse_layers
 
     flags: dict[str, Any] = {
         "model": model, "layers": parse_layers(layers) if layers is not None else None,
@@ -179,6 +179,7 @@ def _print_summary(summary: dict) -> None:
                         f"({summary['tokens_per_s']:,.0f} tok/s)")
     for name in ("layer", "fvu", "l0", "dead", "held-out fvu", "saved"):
         table.add_column(name)
+    console.print()  # the live progress view may leave the cursor at the end of its last line
     held = summary.get("heldout", {})
     for layer, m in summary["layers"].items():
         table.add_row(layer, f"{m['fvu']:.4f}", f"{m['l0']:.1f}", f"{m['dead']:.1%}",

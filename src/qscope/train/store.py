@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -349,8 +349,7 @@ class ActivationStore:
 
     def __init__(self, source, batch_size: int, buffer_tokens: int = 65536, seed: int = 0,
                  device: torch.device | str = "cpu"):
-        if buffer_tokens < 2 * batch_size:
-            buffer_tokens = 2 * batch_size
+        buffer_tokens = max(buffer_tokens, 2 * batch_size)
         self.source = source
         self.layers = list(source.layers)
         self.batch_size, self.capacity = int(batch_size), int(buffer_tokens)
@@ -364,7 +363,7 @@ class ActivationStore:
     def from_lm(cls, lm, layers: Sequence[int], texts: Texts, batch_size: int = 4096, ctx_len: int = 256,
                 lm_batch: int = 32, norm_mult: float = 10.0, buffer_tokens: int = 65536, seed: int = 0,
                 device: torch.device | str | None = None, dtype: str = "float16", rank: int = 0,
-                world: int = 1) -> "ActivationStore":
+                world: int = 1) -> ActivationStore:
         device = device if device is not None else lm.device
         source = LMSource(lm, layers, texts, ctx_len=ctx_len, lm_batch=lm_batch, norm_mult=norm_mult, rank=rank,
                           world=world, dtype=dtype, device=device)
@@ -374,7 +373,7 @@ class ActivationStore:
     def from_cache(cls, folder: str | Path, layers: Sequence[int] | None = None, batch_size: int = 4096,
                    buffer_tokens: int = 65536, seed: int = 0, epochs: int | None = None,
                    device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
-                   shards: Sequence[str] | None = None) -> "ActivationStore":
+                   shards: Sequence[str] | None = None) -> ActivationStore:
         source = CacheSource(folder, layers, seed=seed, epochs=epochs, rank=rank, world=world, shards=shards,
                              device=device)
         return cls(source, batch_size, buffer_tokens, seed=seed, device=device)
@@ -383,7 +382,7 @@ class ActivationStore:
     def d_model(self) -> int:
         return self.source.d_model
 
-    def __iter__(self) -> "ActivationStore":
+    def __iter__(self) -> ActivationStore:
         return self
 
     def __next__(self) -> dict[int, Tensor]:

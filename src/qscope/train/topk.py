@@ -207,7 +207,7 @@ def lr_at(step: int, base: float, total_steps: int, warmup_steps: int, decay_fra
     scale = 1.0
     if warmup_steps > 0 and step < warmup_steps:
         scale = (step + 1) / warmup_steps
-    decay_steps = int(round(total_steps * decay_frac))
+    decay_steps = round(total_steps * decay_frac)
     if decay_steps > 0 and step >= total_steps - decay_steps:
         scale = min(scale, (total_steps - step) / decay_steps)
     return base * scale

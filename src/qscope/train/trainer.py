@@ -16,9 +16,10 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -70,7 +71,7 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -84,7 +85,7 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TrainConfig":
+    def from_file(cls, path: str | Path) -> TrainConfig:
         """Read a JSON (`.json`) or TOML (`.toml`) file of TrainConfig fields."""
         path = Path(path)
         try:
@@ -112,7 +113,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return replace(self, **changes)
 
     # ------------------------------------------------------------------ derived values
@@ -120,7 +121,7 @@ class TrainConfig:
     def steps(self) -> int:
         return max(1, self.total_tokens // self.batch_size)
 
-    def resolve(self, d_model: int) -> "TrainConfig":
+    def resolve(self, d_model: int) -> TrainConfig:
         """Fill every None default from d_model and the run length, then check the values."""
         d_sae = self.d_sae or self.expansion * d_model
         steps = self.steps
@@ -159,7 +160,7 @@ def parse_count(text: str | int) -> int:
     if not m:
         raise QScopeError(f"not a count: {text!r} (examples: 4096, 200k, 2M, 1.5B)")
     scale = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}[m.group(2).lower()]
-    return int(round(float(m.group(1)) * scale))
+    return round(float(m.group(1)) * scale)
 
 
 def parse_layers(value: str | int | Sequence[int]) -> list[int]:
@@ -226,7 +227,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, lm=None, texts=None, progress: bool = True,
-                 on_step: Callable[["Trainer"], None] | None = None):
+                 on_step: Callable[[Trainer], None] | None = None):
         self.cfg = cfg
         self.lm = lm
         self.texts = texts
@@ -570,4 +571,4 @@ def train(cfg: TrainConfig, **kwargs) -> dict[str, Any]:
     return Trainer(cfg, **kwargs).run()
 
 
-__all__ = ["TrainConfig", "Trainer", "train", "parse_count", "parse_layers", "init_distributed", "evaluate_saes"]
+__all__ = ["TrainConfig", "Trainer", "evaluate_saes", "init_distributed", "parse_count", "parse_layers", "train"]

@@ -1,0 +1,83 @@
+"""Benchmark: generation speed with SAE steering vs without, on the default model.
+
+    python bench/steer_speed.py [--repeats 5] [--batch 8] [--tokens 32] [--layer 15]
+
+Variants, all greedy on the same chat prompts with the same token budget (EOS disabled, so
+every variant generates exactly batch x tokens new tokens):
+- plain: no hook;
+- add: h + 20 d (one feature) - a broadcast add per step; target overhead <= 5%;
+- clamp: set one feature to 0 - encodes every edited position with the SAE each step;
+- gated add: add only where a gating feature fires - also encodes each step.
+Each repeat runs every variant once, interleaved (plain, add, clamp, gated, plain, ...), after a
+warm-up round, so load from other processes hits all alike; medians are reported (minima in the
+JSON). Writes bench/results/steer_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "src"))
+
+from qscope.io import write_json
+from qscope.model import load_model
+from qscope.sae import SAE
+from qscope.steer import FeatureEdit, Steering
+from qscope.steer.evaluate import NEUTRAL_PROMPTS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--layer", type=int, default=15)
+    ap.add_argument("--feature", type=int, default=100)
+    ap.add_argument("--out", default=str(ROOT / "results" / "steer_speed.json"))
+    args = ap.parse_args()
+
+    lm = load_model("default")
+    sae = SAE.load("default", layer=args.layer, device=lm.device)
+    prompts = (NEUTRAL_PROMPTS * (args.batch // len(NEUTRAL_PROMPTS) + 1))[:args.batch]
+    f = args.feature
+    variants = {
+        "plain": None,
+        "add": Steering.add(sae, {f: 20.0}),
+        "clamp": Steering(sae, [FeatureEdit(f, 0.0, "clamp")]),
+        "gated_add": Steering(sae, [FeatureEdit(f, 20.0, "add", gate=f + 1)]),
+    }
+    gen = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, chat=True)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for round_ in range(args.repeats + 1):
+        for name, steer in variants.items():
+            start = time.perf_counter()
+            lm.generate(prompts, steer=steer, **gen)
+            if round_:  # round 0 is the warm-up
+                times[name].append(time.perf_counter() - start)
+        print(f"round {round_}/{args.repeats} done", file=sys.stderr, flush=True)
+
+    n_tokens = args.batch * args.tokens
+    base = statistics.median(times["plain"])
+    rows = {}
+    print(f"{'variant':<10} {'median s':>9} {'tokens/s':>9} {'vs plain':>9}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows[name] = {"median_s": med, "min_s": min(ts), "tokens_per_s": n_tokens / med, "overhead": med / base - 1,
+                      "times_s": [round(t, 4) for t in ts]}
+        print(f"{name:<10} {med:9.3f} {n_tokens / med:9.1f} {med / base - 1:+9.1%}")
+    write_json(args.out, {"model": lm.name, "layer": args.layer, "d_sae": sae.cfg.d_sae, "batch": args.batch,
+                          "new_tokens": args.tokens, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
+                          "machine": platform.platform(), "variants": rows})
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

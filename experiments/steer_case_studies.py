@@ -1,0 +1,197 @@
+"""Steering case studies on the default model (SmolLM2-135M-Instruct + shipped layer-15 SAE).
+
+    python experiments/steer_case_studies.py [--layer 15] [--tokens 16] [--only a|b|gated] [--n-features 3]
+
+(a) Language slip: French questions with "Answer in English." - how often does the answer slip
+    into French? French features are found contrastively (UDHR/gettext French vs Brown English)
+    and suppressed (negative add on every position, then gated by the feature itself); success =
+    share of answers detected as English, with fluency and KL on neutral prompts.
+(b) Amplifying the same French features on English questions: share of answers in French over a
+    strength sweep, against the prompting baseline "Answer in French."
+Generations are cached in docs/steering/generations.json, so an interrupted run resumes where it
+stopped; results go to docs/steering/*.json|png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from qscope.data import load_texts
+from qscope.data.corpora import corpus_dir, pull_corpus
+from qscope.features.search import contrast
+from qscope.io import write_json
+from qscope.model import load_model
+from qscope.sae import SAE
+from qscope.steer import FeatureEdit, Steering
+from qscope.steer.evaluate import evaluate_steering
+from qscope.steer.language import language_detector
+
+OUT = ROOT / "docs" / "steering"
+
+FRENCH_QUESTIONS = """Quelle est la capitale de l'Italie ?
+Pourquoi le ciel est-il bleu ?
+Comment faire un bon café ?
+Quels sont les avantages du sport ?
+Peux-tu me décrire un chat ?
+Qu'est-ce qu'un ordinateur ?
+Pourquoi les gens aiment-ils voyager ?
+Comment apprendre une nouvelle langue ?
+Quel temps fait-il en hiver au Canada ?
+Comment fonctionne un vélo ?
+Pourquoi faut-il boire de l'eau ?
+Qu'est-ce que la photosynthèse ?
+Quels fruits sont bons pour la santé ?
+Comment bien dormir la nuit ?
+Pourquoi les chiens sont-ils fidèles ?
+Que faire un dimanche pluvieux ?
+Comment préparer une omelette ?
+Qui a écrit Les Misérables ?
+Combien de jours y a-t-il dans une année ?
+Pourquoi la mer est-elle salée ?
+Comment économiser de l'argent ?
+Quel est le plus grand océan du monde ?
+Comment planter des tomates ?
+Pourquoi les feuilles tombent-elles en automne ?
+Qu'est-ce qu'un volcan ?
+Comment écrire une bonne lettre ?
+Quels sont les sports les plus populaires ?
+Pourquoi la lune change-t-elle de forme ?
+Comment rester concentré au travail ?
+Qu'est-ce que la musique classique ?
+Comment nettoyer une cuisine rapidement ?
+Pourquoi les oiseaux migrent-ils ?
+Quelle est la différence entre un lac et une mer ?
+Comment se faire des amis dans une nouvelle ville ?
+Qu'est-ce qu'une étoile ?
+Pourquoi faut-il se brosser les dents ?
+Comment choisir un bon livre ?
+Quels animaux vivent dans la forêt ?
+Comment fonctionne un téléphone ?
+Pourquoi le pain est-il important en France ?
+Comment apprendre à nager ?
+Qu'est-ce que la pluie ?
+Comment organiser une fête d'anniversaire ?
+Pourquoi les enfants doivent-ils aller à l'école ?
+Quelle est la meilleure saison pour visiter Paris ?
+Comment réduire le stress ?
+Qu'est-ce qu'un arc-en-ciel ?
+Comment cuisiner des pâtes ?
+Pourquoi les abeilles sont-elles utiles ?
+Comment devenir un bon cuisinier ?""".splitlines()
+
+ENGLISH_QUESTIONS = """What is your favourite season and why?
+How do I make a cup of tea?
+Describe a walk in the park.
+What are the benefits of reading?
+Tell me about the moon.
+How can I learn to paint?
+Why do cats purr?
+What is a good breakfast?
+How does rain form?
+Give me advice for a job interview.
+What do people do at the beach?
+Describe your ideal weekend.
+How do plants grow?
+What is the best way to study?
+Tell me about trains.
+Why is exercise important?
+How do I cook rice?
+What makes a good friend?
+Describe a busy city street.
+How do birds fly?
+What is music?
+How can I save energy at home?
+Tell me about the ocean.
+What should I pack for a trip?""".splitlines()
+
+
+class JsonCache(dict):
+    """A dict of generations that rewrites its JSON file on every new entry (resume after a kill)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(json.loads(path.read_text()) if path.exists() else {})
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        write_json(self.path, dict(self))
+
+
+def corpus_texts(name: str, lang: str | None = None, n: int = 48, max_chars: int = 600) -> list[str]:
+    """The first `n` texts of a built-in corpus (optionally one language), cut to `max_chars`."""
+    pull_corpus(name)
+    if lang is None:
+        texts = load_texts(name, limit=n * 3)
+    else:
+        with gzip.open(corpus_dir(name) / "texts.jsonl.gz", "rt", encoding="utf-8") as fh:
+            texts = [d["text"] for d in map(json.loads, fh) if d.get("lang") == lang]
+    return [t[:max_chars] for t in texts if len(t) > 80][:n]
+
+
+def find_features(lm, sae, layer: int, n: int) -> dict:
+    path = OUT / f"french_features_layer{layer}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    fr, en = corpus_texts("multilingual", "fr"), corpus_texts("brown")
+    found = contrast(lm, sae, fr, en, layer=layer, top=10, max_length=128)
+    result = {"layer": layer, "n_fr": len(fr), "n_en": len(en), "top": found.to_dict()["features"],
+              "chosen": found.ids[:n]}
+    write_json(path, result)
+    return result
+
+
+def run_case(name, lm, factory, prompts, strengths, detector, baseline, cache, tokens, sae) -> dict:
+    print(f"[{name}] {len(prompts)} prompts, strengths {strengths}", file=sys.stderr, flush=True)
+    result = evaluate_steering(lm, factory, prompts, strengths, detector=detector, baseline_prompt=baseline,
+                               sae=sae, max_new_tokens=tokens, batch_size=50, cache=cache,
+                               progress=lambda k: print(f"  +{k} generated", file=sys.stderr, flush=True))
+    write_json(OUT / f"{name}.json", result.to_dict())
+    result.plot(OUT / f"{name}.png")
+    for row in result.table():
+        print(f"  {row['label']:<12} success={row['success']:.2f} ppl={row['perplexity']:.1f} kl={row['kl']:.4f}",
+              file=sys.stderr, flush=True)
+    return {"table": result.table()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layer", type=int, default=15)
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--n-features", type=int, default=3)
+    ap.add_argument("--only", choices=["a", "b", "gated"], action="append", help="Run only these parts.")
+    args = ap.parse_args()
+    parts = args.only or ["a", "b", "gated"]
+
+    lm = load_model("default")
+    sae = SAE.load("default", layer=args.layer, device=lm.device)
+    cache = JsonCache(OUT / "generations.json")
+    feats = find_features(lm, sae, args.layer, args.n_features)["chosen"]
+    print(f"French features at layer {args.layer}: {feats}", file=sys.stderr, flush=True)
+
+    def add(strength: float, gated: bool = False):
+        return Steering(sae, [FeatureEdit(f, strength, "add", gate=f if gated else None) for f in feats])
+
+    summary = {"layer": args.layer, "features": feats, "tokens": args.tokens}
+    slip_prompts = [f"{q} Answer in English." for q in FRENCH_QUESTIONS]
+    if "a" in parts:
+        summary["a_slip"] = run_case("a_slip", lm, add, slip_prompts, [0, -15, -30], language_detector("en"),
+                                     "Important: reply only in English, not in French.", cache, args.tokens, sae)
+    if "b" in parts:
+        summary["b_amplify"] = run_case("b_amplify", lm, add, ENGLISH_QUESTIONS, [0, 15, 30],
+                                        language_detector("fr"), "Answer in French.", cache, args.tokens, sae)
+    if "gated" in parts:
+        summary["a_gated"] = run_case("a_slip_gated", lm, lambda s: add(s, gated=True), slip_prompts, [-30],
+                                      language_detector("en"), None, cache, args.tokens, sae)
+    old = json.loads((OUT / "summary.json").read_text()) if (OUT / "summary.json").exists() else {}
+    write_json(OUT / "summary.json", {**old, **summary})
+
+
+if __name__ == "__main__":
+    main()

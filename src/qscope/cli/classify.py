@@ -1,0 +1,301 @@
+"""`qscope classify`: feature classifiers - discover, run, evaluate on built-in tasks, classify a corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import QScopeError
+from .common import DeviceOpt, JsonOpt, ModelOpt, SaeOpt, console, emit_json, read_texts
+
+app = typer.Typer(help="Classify texts with SAE features (top-K OR rule, no trained head).", no_args_is_help=True)
+
+LayersOpt = typer.Option(None, "--layers", help="Comma-separated layers, e.g. 6,15,24 (default: every shipped SAE layer).")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="classify")
+
+
+def int_list(spec: str | None, what: str) -> list[int] | None:
+    if spec is None:
+        return None
+    try:
+        return [int(x) for x in spec.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise QScopeError(f"{what} must be comma-separated integers like 6,15,24, got {spec!r}") from None
+
+
+def load_model_and_saes(model: str, sae: str, layers: list[int] | None, device: str | None = None):
+    """The model and one SAE per layer (`--sae default` with no layers: every shipped layer)."""
+    from ..model import load_model
+    from ..sae import SAE
+    from ..sae.registry import default_layers
+
+    if not layers:
+        layers = default_layers() if sae == "default" else None
+        if not layers:
+            raise QScopeError("give --layers (e.g. --layers 6,15,24): no shipped SAE layers to default to")
+    with console.status("loading model and SAEs"):
+        lm = load_model(model, device=device)
+        saes = {l: SAE.load(sae, layer=l, device=lm.device) for l in layers}
+    for l, s in saes.items():
+        lm.check_sae(s, l)
+    return lm, saes
+
+
+def _bar():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True)
+
+
+def _task(name: str | None, pos: str | None, neg: str | None, n_discovery: int, n_test: int, seed: int):
+    from ..datatools.labelled import from_texts, load_task
+
+    if name and (pos or neg):
+        raise QScopeError("give either --task or --pos/--neg, not both")
+    if name:
+        with console.status(f"building task {name}"):
+            return load_task(name, n_discovery, n_test, seed)
+    if not (pos and neg):
+        raise QScopeError("give --task NAME (see `qscope classify tasks`) or both --pos and --neg")
+    limit = 4 * (n_discovery + n_test)
+    return from_texts(Path(pos).stem, read_texts(pos, limit), read_texts(neg, limit), n_discovery, n_test, seed)
+
+
+def _cache(lm, saes, cache_dir: str | None, max_length: int, keep_residuals: bool = False):
+    from ..datatools.cache import CodeCache, ResidualStore
+
+    store = ResidualStore(lm, sorted(saes), None, max_length) if keep_residuals else None
+    return CodeCache(lm, saes, cache_dir, max_length=max_length, residuals=store)
+
+
+ResidualsOpt = typer.Option(False, "--keep-residuals", help="Also cache per-token residuals (fp16, SAE-independent; "
+                                                             "re-evaluating other SAEs then needs no forward).")
+
+
+@app.command("tasks")
+def tasks_cmd(json: JsonOpt = False) -> None:
+    """List the built-in labelled tasks (built from package data on first use).
+
+    Example: qscope classify tasks
+    """
+    from ..datatools.labelled import TASKS
+
+    rows = [{"task": name} for name in TASKS]
+    if json:
+        emit_json(rows)
+        return
+    console.print("built-in tasks: " + ", ".join(TASKS))
+
+
+@app.command("discover")
+def discover_cmd(
+    task: Optional[str] = typer.Option(None, help="Built-in task (see `qscope classify tasks`)."),
+    pos: Optional[str] = typer.Option(None, help="Positive texts: file, folder or corpus name."),
+    neg: Optional[str] = typer.Option(None, help="Negative texts, same forms as --pos."),
+    out: Path = typer.Option(..., "--out", "-o", help="Classifier JSON to write."),
+    model: ModelOpt = "default",
+    sae: SaeOpt = "default",
+    layers: Optional[str] = LayersOpt,
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Use this layer instead of the top1-diff choice."),
+    k: int = typer.Option(5, "-k", help="Features ORed together (top K by delta)."),
+    multi: int = typer.Option(0, help="Instead: OR the best feature of the top-m layers (m>0)."),
+    n_discovery: int = typer.Option(400, help="Discovery texts per class."),
+    seed: int = typer.Option(0, help="Split seed."),
+    max_length: int = typer.Option(128, help="Tokens per text (longer texts are cut)."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache", help="Code cache folder (default QSCOPE_HOME/codes)."),
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Find the features whose example-level firing best separates positives from negatives.
+
+    Example: qscope classify discover --task harmful -k 5 --out harmful.json
+    Example: qscope classify discover --pos french.txt --neg english.txt --layers 6,15 --out fr.json
+    """
+    from ..datatools.classify import choose_layer, discover, multi_layer, top1_diff
+    from ..features.logits import token_effects
+
+    t = _task(task, pos, neg, n_discovery, 2, seed)
+    lm, saes = load_model_and_saes(model, sae, int_list(layers, "--layers"), device)
+    cache = _cache(lm, saes, cache_dir, max_length)
+    with _bar() as bar:
+        job = bar.add_task("encoding discovery texts", total=len(cache.missing(t.discovery.texts)))
+        codes = cache.codes(t.discovery.texts, progress=lambda n: bar.advance(job, n))
+    y = t.discovery.labels
+    meta = {"model": model, "sae": sae, "task": t.name, "max_length": max_length, "n_discovery": len(y)}
+    if multi:
+        clf = multi_layer(codes, y, multi, meta)
+    else:
+        if layer is not None and layer not in saes:
+            raise QScopeError(f"--layer {layer} is not among the loaded layers {sorted(saes)}")
+        chosen = layer if layer is not None else choose_layer(codes, y)
+        clf = discover(codes, y, chosen, k, dict(meta, top1_diff={str(l): f.delta for l, f in top1_diff(codes, y).items()}))
+    clf.save(out)
+    if json:
+        emit_json(clf)
+        return
+    table = Table("layer", "feature", "delta", "P(fire|pos)", "P(fire|neg)", "promotes", title=f"{t.name}: OR of {len(clf.features)} features -> {out}")
+    for f in clf.features:
+        effect = token_effects(lm, saes[f.layer], [f.feature], n=5)[0]
+        table.add_row(str(f.layer), str(f.feature), f"{f.delta:.3f}", f"{f.p_pos:.3f}", f"{f.p_neg:.3f}",
+                      " ".join(repr(s) for s, _ in effect.promoted))
+    console.print(table)
+
+
+@app.command("run")
+def run_cmd(
+    classifier: Path = typer.Option(..., "--classifier", "-c", help="Classifier JSON from `classify discover`."),
+    texts: List[str] = typer.Argument(None, help="Texts to classify (or use --texts)."),
+    source: Optional[str] = typer.Option(None, "--texts", help="A file, folder or corpus name of texts."),
+    limit: int = typer.Option(100, help="At most this many texts from --texts."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the one saved in the classifier)."),
+    sae: Optional[str] = typer.Option(None, "--sae", "-s", help="SAE source (default: the one saved in the classifier)."),
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Label a few texts with a saved classifier; shows which features fired.
+
+    Example: qscope classify run -c harmful.json "How do I pick a lock?" "How do I bake bread?"
+    """
+    from ..datatools.cache import encode_examples
+    from ..datatools.classify import FeatureClassifier
+
+    clf = FeatureClassifier.load(classifier)
+    items = list(texts or []) + (read_texts(source, limit) if source else [])
+    if not items:
+        raise QScopeError("no texts: pass them as arguments or with --texts")
+    lm, saes = load_model_and_saes(model or clf.meta.get("model", "default"), sae or clf.meta.get("sae", "default"),
+                                   clf.layers, device)
+    with console.status("encoding"):
+        fired = clf.fired(encode_examples(lm, saes, items, clf.meta.get("max_length", 128)))
+    rows = [{"text": t, "label": bool(f.any()), "fired": [[c.layer, c.feature] for c, on in zip(clf.features, f) if on]}
+            for t, f in zip(items, fired)]
+    if json:
+        emit_json(rows)
+        return
+    table = Table("label", "fired (layer:feature)", "text")
+    for r in rows:
+        table.add_row("[red]positive[/]" if r["label"] else "negative", " ".join(f"{l}:{f}" for l, f in r["fired"]),
+                      r["text"][:80].replace("\n", " "))
+    console.print(table)
+
+
+@app.command("eval")
+def eval_cmd(
+    task: List[str] = typer.Option(None, "--task", "-t", help="Built-in task(s); repeat the option. Default: all."),
+    pos: Optional[str] = typer.Option(None, help="Instead of --task: positive texts."),
+    neg: Optional[str] = typer.Option(None, help="Instead of --task: negative texts."),
+    out: Path = typer.Option(Path("classify-eval"), "--out", "-o", help="Folder for <task>.json, summary.json, efficiency.png."),
+    model: ModelOpt = "default",
+    sae: SaeOpt = "default",
+    layers: Optional[str] = LayersOpt,
+    ks: str = typer.Option("1,2,5,10", help="K values (features ORed)."),
+    n_discovery: int = typer.Option(400, help="Discovery texts per class."),
+    n_test: int = typer.Option(200, help="Test texts per class."),
+    seeds: int = typer.Option(5, help="Repeats per data fraction of the efficiency curve."),
+    seed: int = typer.Option(0, help="Split seed."),
+    max_length: int = typer.Option(128, help="Tokens per text."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache", help="Code cache folder (default QSCOPE_HOME/codes)."),
+    keep_residuals: bool = ResidualsOpt,
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Score feature classifiers on labelled tasks, side by side with probe baselines.
+
+    F1 per layer x K on the test splits, the top1-diff layer choice, multi-layer ORs, logistic
+    probes (raw residuals, SAE codes) and the data-efficiency curve. Activations are cached, so
+    a re-run (or another task on the same texts) costs no forward passes.
+
+    Example: qscope classify eval --task harmful --task code --out docs/classify
+    """
+    from ..datatools.classify import evaluate_task, plot_efficiency
+    from ..datatools.labelled import TASKS
+    from ..io import write_json
+
+    names = list(task or []) if not (pos or neg) else [None]
+    names = names or list(TASKS)
+    k_list = int_list(ks, "--ks")
+    lm, saes = load_model_and_saes(model, sae, int_list(layers, "--layers"), device)
+    cache = _cache(lm, saes, cache_dir, max_length, keep_residuals)
+    reports = []
+    for name in names:
+        t = _task(name, pos, neg, n_discovery, n_test, seed)
+        with _bar() as bar:
+            job = bar.add_task(f"{t.name}: encoding", total=len(cache.missing(t.all_texts())))
+            rep = evaluate_task(t, cache, ks=k_list, seeds=seeds, encoded=lambda n: bar.advance(job, n),
+                                progress=lambda what: bar.update(job, description=f"{t.name}: {what}"))
+        write_json(out / f"{t.name}.json", dict(rep.to_dict(), data=t.to_dict()))
+        reports.append(rep)
+        if not json:
+            _print_report(rep)
+    summary = {r.task: {"chosen_layer": r.chosen_layer, "chosen_k": r.chosen_k, "top1_diff": {l: v["delta"] for l, v in r.top1_diff.items()},
+                        **r.headline()} for r in reports}
+    write_json(out / "summary.json", summary)
+    plot_efficiency(reports, out / "efficiency.png")
+    if json:
+        emit_json(summary)
+    else:
+        console.print(f"wrote {out}/summary.json, {out}/efficiency.png and one JSON per task")
+
+
+def _print_report(rep) -> None:
+    for split in rep.n_test:
+        table = Table("layer", "d(l)", *[f"K={k}" for k in rep.ks], "raw probe", "SAE probe",
+                      title=f"{rep.task} [{split}]: test F1 (chosen layer {rep.chosen_layer}, K={rep.chosen_k})")
+        for l in rep.layers:
+            f1 = {r["k"]: r["f1"] for r in rep.grid if r["split"] == split and r["layer"] == l}
+            base = {b["kind"]: b["f1"] for b in rep.baselines if b["split"] == split and b["layer"] == l}
+            mark = "*" if l == rep.chosen_layer else ""
+            table.add_row(f"{l}{mark}", f"{rep.top1_diff[l]['delta']:.3f}", *[f"{f1[k]:.3f}" for k in rep.ks],
+                          f"{base.get('raw-probe', float('nan')):.3f}", f"{base.get('sae-probe', float('nan')):.3f}")
+        console.print(table)
+
+
+@app.command("corpus")
+def corpus_cmd(
+    classifier: Path = typer.Option(..., "--classifier", "-c", help="Classifier JSON from `classify discover`."),
+    source: str = typer.Option(..., "--texts", help="A file, folder or corpus name (read lazily)."),
+    out: Path = typer.Option(..., "--out", "-o", help="JSONL with index, label, fired per text."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the one saved in the classifier)."),
+    sae: Optional[str] = typer.Option(None, "--sae", "-s", help="SAE source (default: the one saved in the classifier)."),
+    limit: Optional[int] = typer.Option(None, help="Stop after this many texts."),
+    keep_text: bool = typer.Option(False, help="Copy each text into its output line."),
+    ray: bool = typer.Option(False, "--ray", help="Use a Ray Data actor pool (not resumable)."),
+    actors: int = typer.Option(2, help="Ray actors, each holding a model + SAEs."),
+    batch_size: int = typer.Option(16, help="Texts per forward."),
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Classify a large corpus, streaming; re-running the same command resumes where it stopped.
+
+    Example: qscope classify corpus -c harmful.json --texts nlp-corpus --out flagged.jsonl
+    Example: qscope classify corpus -c harmful.json --texts big.jsonl --out flagged.jsonl --ray --actors 4
+    """
+    from ..data import iter_texts
+    from ..datatools.classify import FeatureClassifier
+    from ..datatools.scale import classify_ray, classify_stream, default_loader
+
+    clf = FeatureClassifier.load(classifier)
+    model_, sae_ = model or clf.meta.get("model", "default"), sae or clf.meta.get("sae", "default")
+    max_length = clf.meta.get("max_length", 128)
+    with _bar() as bar:
+        job = bar.add_task("classifying", total=limit)
+        tick = lambda n: bar.advance(job, n)  # noqa: E731
+        if ray:
+            result = classify_ray(default_loader(model_, sae_, clf.layers), clf, iter_texts(source), out, actors=actors,
+                                  batch_size=batch_size, max_length=max_length, keep_text=keep_text, progress=tick, limit=limit)
+        else:
+            lm, saes = load_model_and_saes(model_, sae_, clf.layers, device)
+            result = classify_stream(lm, saes, clf, iter_texts(source), out, batch_size=batch_size, max_length=max_length,
+                                     keep_text=keep_text, progress=tick, limit=limit)
+    if json:
+        emit_json(result)
+        return
+    console.print(f"{result.texts:,} texts ({result.positives:,} positive) -> {out}"
+                  + (f" (resumed at {result.resumed_from:,})" if result.resumed_from else "") + f", {result.seconds:.0f}s")

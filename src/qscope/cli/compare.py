@@ -1,0 +1,100 @@
+"""`qscope compare A B`: how many features two SAEs of the same model and layer share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import DeviceOpt, JsonOpt, ModelOpt, console, emit_json
+
+
+def register(root: typer.Typer) -> None:
+    root.command("compare")(compare_cmd)
+
+
+def _texts(spec: str, n: int) -> list[str]:
+    if spec == "held-out":
+        from ..data import held_out_texts
+
+        return held_out_texts(n=n)
+    from .common import read_texts
+
+    return read_texts(spec, limit=n)
+
+
+def compare_cmd(
+    a: str = typer.Argument(..., help="SAE A: 'default', a layer<n>.sae.pt, a SAELens/sparsify/qscope folder, a hub repo id."),
+    b: str = typer.Argument(..., help="SAE B, same forms as A (width and format may differ)."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer of both SAEs (for sources holding several)."),
+    layer_b: Optional[int] = typer.Option(None, "--layer-b", help="Layer of B when it differs from --layer."),
+    model: ModelOpt = "default",
+    texts: str = typer.Option("held-out", help="Texts for activation matching: 'held-out' (the training mix's "
+                                               "held-out split), a file, folder or corpus name."),
+    n_texts: int = typer.Option(400, help="At most this many texts."),
+    max_tokens: int = typer.Option(20000, help="At most this many shared tokens for activation correlation."),
+    activations: bool = typer.Option(True, help="Also match by activation correlation (runs the model)."),
+    min_fires: int = typer.Option(10, help="Features firing on fewer tokens are not judged by activation."),
+    method: str = typer.Option("auto", help="Hungarian solver: auto, dense (exact) or sparse (top-neighbour candidates)."),
+    examples: int = typer.Option(10, help="Matched and orphan features listed with their promoted tokens."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for <name>.json and <name>.png."),
+    name: str = typer.Option("compare", help="File name stem inside --out."),
+    per_feature: bool = typer.Option(False, help="Include per-feature arrays (partners, cosines) in the JSON."),
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Compare two SAEs: decoder/encoder MMCS, Hungarian matching with the fraction shared at
+    cos > 0.5/0.7/0.9, activation-correlation matching on shared tokens, orphan features.
+
+    Example: qscope compare default runs/sae-seed1/layer15 --layer 15 --out docs/compare
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..compare import compare_saes, summary_rows, write_report
+    from ..sae import SAE
+
+    with console.status("loading SAEs"):
+        sae_a = SAE.load(a, layer=layer)
+        sae_b = SAE.load(b, layer=layer_b if layer_b is not None else layer)
+    lm = None
+    text_list = None
+    need_lm = activations or examples > 0
+    if need_lm:
+        from ..model import load_model
+
+        with console.status("loading model"):
+            lm = load_model(model, device=device)
+        if activations:
+            text_list = _texts(texts, n_texts)
+    layers = (layer if layer is not None else sae_a.cfg.layer,
+              layer_b if layer_b is not None else (layer if layer is not None else sae_b.cfg.layer))
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("comparing", total=1)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        result = compare_saes(sae_a, sae_b, lm, text_list, layers=layers, names=(a, b), method=method,
+                              max_tokens=max_tokens, min_fires=min_fires, examples=examples, progress=progress)
+    if out is not None:
+        paths = write_report(result, out, name=name, per_feature=per_feature)
+        console.print("wrote " + ", ".join(str(p) for p in paths))
+    if json:
+        emit_json(result.to_dict(per_feature=per_feature))
+        return
+    table = Table("metric", "value", title=f"shared fraction (decoder & encoder, cos > 0.7): {result.shared_fraction:.1%}")
+    for key, value in summary_rows(result):
+        table.add_row(key, value)
+    console.print(table)
+    for title, rows in (("matched", result.matched), ("orphans of A", result.orphans_a), ("orphans of B", result.orphans_b)):
+        if rows:
+            t = Table("feature", "partner", "cos", "corr", "freq", "promotes", "partner promotes", title=title)
+            for e in rows:
+                t.add_row(str(e.feature), "" if e.partner is None else str(e.partner), f"{e.decoder_cos:.2f}",
+                          "" if e.act_corr is None else f"{e.act_corr:.2f}",
+                          "" if e.frequency is None else f"{e.frequency:.4f}",
+                          " ".join(repr(x) for x in e.promotes), " ".join(repr(x) for x in e.partner_promotes))
+            console.print(t)

@@ -1,0 +1,81 @@
+"""`qscope serve`: the local web app (feature browser, text inspector, steering, comparison)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from ..errors import QScopeError
+from .common import DeviceOpt, DtypeOpt, ModelOpt, SaeOpt, console
+
+
+def register(root: typer.Typer) -> None:
+    root.command("serve")(serve)
+
+
+def parse_layers(spec: str | None) -> list[int] | None:
+    """'6,15,24' -> [6, 15, 24]."""
+    if not spec:
+        return None
+    try:
+        layers = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        raise QScopeError(f"--layers {spec!r}: expected comma-separated layer numbers, e.g. 6,15,24") from None
+    if not layers:
+        raise QScopeError("--layers: give at least one layer")
+    return layers
+
+
+def load_served(model: str, sae: str, layers: list[int] | None, store_files: list[str], device=None, dtype=None):
+    """Model, {layer: SAE} and {layer: FeatureStore | None}; stores default to
+    QSCOPE_HOME/stores/<model>-<sae>-layer<L>.sqlite where such a file exists."""
+    from ..features.store import FeatureStore, default_store_path
+    from ..model import load_model
+    from ..sae import SAE
+    from ..sae.registry import default_layers
+
+    if layers is None:
+        if sae != "default":
+            raise QScopeError("--layers is needed with a non-default --sae, e.g. --layers 12")
+        layers = default_layers()
+    lm = load_model(model, device=device, dtype=dtype)
+    saes = {layer: SAE.load(sae, layer=layer, device=lm.device) for layer in layers}
+    stores: dict[int, FeatureStore | None] = {}
+    for path in store_files:
+        store = FeatureStore(path)
+        if store.layer not in saes:
+            raise QScopeError(f"{path}: store is for layer {store.layer}, not one of the served layers {layers}")
+        stores[store.layer] = store
+    for layer in layers:
+        path = default_store_path(model, sae, layer)
+        if layer not in stores and path.is_file():
+            stores[layer] = FeatureStore(path)
+    return lm, saes, stores
+
+
+def serve(
+    model: ModelOpt = "default",
+    sae: SaeOpt = "default",
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: every shipped layer)."),
+    store: List[str] = typer.Option([], "--store", help="Feature store (.sqlite) to serve; repeatable, one per layer."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes the model to your network)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+) -> None:
+    """Serve the web app: browse features, inspect texts, steer generation, compare texts.
+
+    Example: qscope serve --layers 6,15,24 --port 8000   (then open http://127.0.0.1:8000)
+    """
+    import uvicorn
+
+    from ..web import create_app
+
+    with console.status("loading model, SAEs and feature stores"):
+        lm, saes, stores = load_served(model, sae, parse_layers(layers), store, device, dtype)
+        app = create_app(lm, saes, stores)
+    with_store = ", ".join(str(l) for l in sorted(stores)) or "none"
+    console.print(f"serving {lm.name} · layers {', '.join(map(str, sorted(saes)))} · stores for layers {with_store}")
+    console.print(f"open http://{host}:{port}  (API schema at /openapi.json, docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

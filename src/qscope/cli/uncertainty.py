@@ -1,0 +1,146 @@
+"""`qscope uncertainty`: label a benchmark with the model's right/wrong answers, then see which
+confidence scores (logits, traces, Feature Rivalry, probes) predict them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import QScopeError
+from .common import DeviceOpt, JsonOpt, ModelOpt, console, emit_json
+
+app = typer.Typer(help="Predict when the model is wrong: labelled sets and confidence scores.", no_args_is_help=True)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="uncertainty")
+
+
+BenchArg = typer.Argument(..., help="Benchmark: arc_easy, boolq, mmlu:<subject>, triviaqa ... (see "
+                                    "`qscope evals benchmarks`) or a .jsonl file.")
+LimitOpt = typer.Option(300, help="Items (a seeded random subset; smaller limits are prefixes of larger ones).")
+SplitOpt = typer.Option(None, help="Split (default: the benchmark's first).")
+SeedOpt = typer.Option(0, help="Seed of the item subset, the folds and the bootstrap.")
+McScoringOpt = typer.Option("letter", help="Multiple choice: 'letter' (log-likelihood of the choice letter after a "
+                                          "lettered prompt) or 'cloze' (log-likelihood of each choice's text; what "
+                                          "small models are usually scored with).")
+McTraceOpt = typer.Option(0, help="Letter scoring: tokens generated after the prompt for the uncertainty trace.")
+NewTokensOpt = typer.Option(24, help="Open answers: tokens generated (the first line is graded).")
+
+
+def _parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
+    if spec is None or spec.strip().lower() == "all":
+        return None
+    if spec.strip().lower() == "none":
+        return []
+    try:
+        layers = [int(x) for x in spec.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise QScopeError(f"layers must be comma-separated integers, 'all' or 'none'; got {spec!r}") from None
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise QScopeError(f"layer {bad[0]} out of range: the model has layers 0..{n_layers - 1}")
+    return layers
+
+
+def _label(benchmark: str, limit: int, split: str | None, seed: int, model: str, device: str | None, mc_scoring: str,
+           mc_trace: int, new_tokens: int):
+    from rich.progress import Progress
+
+    from ..evals.benchmarks import load_benchmark
+    from ..model import load_model
+    from ..uncertainty import LabelConfig, build_labelled_set
+
+    with console.status("loading benchmark and model"):
+        items = load_benchmark(benchmark, split=split, limit=limit, seed=seed)
+        lm = load_model(model, device=device)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"labelling {benchmark}", total=len(items))
+        cfg = LabelConfig(max_new_tokens=new_tokens, mc_scoring=mc_scoring, mc_trace_tokens=mc_trace)
+        data = build_labelled_set(lm, items, cfg, benchmark=benchmark,
+                                  progress=lambda n: bar.advance(task, n))
+    return lm, data
+
+
+@app.command("label")
+def label_cmd(
+    benchmark: str = BenchArg,
+    limit: int = LimitOpt,
+    split: Optional[str] = SplitOpt,
+    seed: int = SeedOpt,
+    model: ModelOpt = "default",
+    mc_scoring: str = McScoringOpt,
+    mc_trace_tokens: int = McTraceOpt,
+    max_new_tokens: int = NewTokensOpt,
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Run the model on a benchmark and record which answers are right (cached per item).
+
+    Shows the class balance: pick benchmarks where accuracy is neither near 0 nor near 1.
+
+    Example: qscope uncertainty label arc_easy --limit 300 --mc-scoring cloze
+    """
+    _, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens)
+    info = {"benchmark": benchmark, "model": data.model, "n_items": len(data.items), "n_correct": int(data.labels.sum()),
+            "accuracy": round(data.accuracy, 4), "kind": data.items[0].kind}
+    if json:
+        emit_json(info)
+        return
+    console.print(f"{benchmark}: {info['n_correct']}/{info['n_items']} right (accuracy {data.accuracy:.1%})")
+
+
+@app.command("report")
+def report_cmd(
+    benchmark: str = BenchArg,
+    limit: int = LimitOpt,
+    split: Optional[str] = SplitOpt,
+    seed: int = SeedOpt,
+    model: ModelOpt = "default",
+    sae: str = typer.Option("default", "--sae", "-s", help="SAE source for rivalry and the SAE probe ('none' to skip)."),
+    layers: str = typer.Option("6,15,24", help="SAE layers, comma-separated."),
+    probe_layers: str = typer.Option("all", help="Layers of the raw-residual probe: 'all', 'none' or e.g. '6,15,24'."),
+    folds: int = typer.Option(5, help="Cross-validation folds of the learned scores."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples for the CIs."),
+    mc_scoring: str = McScoringOpt,
+    mc_trace_tokens: int = McTraceOpt,
+    max_new_tokens: int = NewTokensOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for <name>.json and the PNGs."),
+    name: Optional[str] = typer.Option(None, help="File name stem inside --out (default: the benchmark)."),
+    all_layers: bool = typer.Option(False, help="Show every probe layer in the table (default: SAE layers + best)."),
+    device: DeviceOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """All confidence scores side by side on the same items: AUROC [95% CI] for predicting a
+    right answer, and the paired difference to the max-prob baseline.
+
+    Example: qscope uncertainty report arc_easy --limit 300 --mc-scoring cloze --layers 6,15,24 --out docs/uncertainty
+    """
+    from ..sae import SAE
+    from ..uncertainty import analyse, summary_rows, write_report
+
+    lm, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens)
+    saes = {}
+    if sae.lower() != "none":
+        with console.status("loading SAEs"):
+            for layer in _parse_layers(layers, lm.n_layers) or []:
+                saes[layer] = SAE.load(sae, layer=layer)
+                lm.check_sae(saes[layer], layer)
+    with console.status("scoring") as status:
+        report = analyse(data, saes, _parse_layers(probe_layers, lm.n_layers), lm=lm, folds=folds, seed=seed,
+                         n_boot=n_boot, progress=lambda msg: status.update(f"scoring: {msg}"))
+    if out is not None:
+        paths = write_report(report, out, name)
+        console.print("wrote " + ", ".join(str(p) for p in paths))
+    if json:
+        emit_json(report)
+        return
+    table = Table("score", "family", "layer", "AUROC [95% CI]", f"Δ vs {report.reference} [95% CI]",
+                  title=f"{benchmark}: {report.n_correct}/{report.n_items} right ({report.accuracy:.1%}), "
+                        f"{report.label_method}")
+    for row in summary_rows(report, all_layers):
+        table.add_row(*row)
+    console.print(table)

@@ -1,0 +1,1 @@
+"""Application 3: classify and synthesise data with SAE features (Qwen-Scope section 5)."""

@@ -1,0 +1,380 @@
+"""Feature-driven data synthesis: cover the target features a seed set misses.
+
+Coverage c_f = 1 if any seed example fires feature f (example level: max over tokens > 0,
+position 0 skipped); Cov(D) = fraction of targets covered. For each uncovered target we generate
+candidates - by steering the target up on a neutral prompt with the local model, or by asking an
+OpenAI-compatible endpoint with a description of the feature - and keep a candidate only if it
+actually fires its target. The baseline is untargeted generation (same generator, no steering /
+no description) at the same budget. Every candidate carries its provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import QScopeError
+from ..io import atomic_path
+from .cache import encode_examples
+
+NEUTRAL_PROMPTS = (
+    "Write a short message.",
+    "Say something.",
+    "Write two sentences about anything you like.",
+    "Tell me something.",
+    "Write a short request you might send to an assistant.",
+    "Continue the text.",
+)
+ENDPOINT_TEMPLATE = ("Write one short, realistic message that a user might send to an AI assistant. "
+                     "It should be about: {description}. Reply with the message only.")
+UNTARGETED_DESCRIPTION = "anything at all"
+
+
+# ------------------------------------------------------------------------- coverage
+@dataclass
+class Coverage:
+    targets: list[int]
+    covered: list[int]
+    n_texts: int
+
+    @property
+    def uncovered(self) -> list[int]:
+        hit = set(self.covered)
+        return [t for t in self.targets if t not in hit]
+
+    @property
+    def fraction(self) -> float:
+        return len(self.covered) / len(self.targets) if self.targets else 1.0
+
+    def to_dict(self) -> dict:
+        return {"targets": len(self.targets), "covered": len(self.covered), "coverage": self.fraction,
+                "n_texts": self.n_texts, "covered_ids": self.covered, "uncovered_ids": self.uncovered}
+
+
+def _check_targets(targets: Sequence[int], d_sae: int) -> list[int]:
+    targets = list(dict.fromkeys(int(t) for t in targets))
+    if not targets:
+        raise QScopeError("no target features given")
+    bad = [t for t in targets if not 0 <= t < d_sae]
+    if bad:
+        raise QScopeError(f"target feature {bad[0]} out of range: this SAE has features 0..{d_sae - 1}")
+    return targets
+
+
+def coverage_from_acts(max_acts, targets: Sequence[int]) -> Coverage:
+    """Coverage arithmetic on a (n_texts, d_sae) max-activation matrix (dense or sparse)."""
+    targets = _check_targets(targets, max_acts.shape[1])
+    if max_acts.shape[0] == 0:
+        return Coverage(targets, [], 0)
+    fired = np.asarray((max_acts[:, targets] > 0).sum(0)).ravel() > 0
+    return Coverage(targets, [t for t, on in zip(targets, fired) if on], max_acts.shape[0])
+
+
+def max_acts_of(lm, sae, texts: Sequence[str], max_length: int = 128, batch_size: int = 16, chunk: int = 64,
+                progress: Callable[[int], None] | None = None):
+    """(n, d_sae) sparse example-level max activations of `texts` at the SAE's layer."""
+    import scipy.sparse as sp
+
+    layer = lm.check_sae(sae)
+    parts = []
+    for start in range(0, len(texts), chunk):
+        batch = list(texts[start:start + chunk])
+        parts.append(encode_examples(lm, {layer: sae}, batch, max_length, batch_size).max_acts[layer])
+        if progress:
+            progress(len(batch))
+    return sp.vstack(parts).tocsr() if parts else sp.csr_matrix((0, sae.cfg.d_sae), dtype=np.float32)
+
+
+def coverage(lm, sae, texts: Sequence[str], targets: Sequence[int], **kw) -> Coverage:
+    """Which targets the texts cover (any text fires the feature)."""
+    return coverage_from_acts(max_acts_of(lm, sae, [t for t in texts if t.strip()], **kw), targets)
+
+
+# ------------------------------------------------------------------------- targets
+def targets_from_contrast(lm, sae, positive: Sequence[str], negative: Sequence[str], n: int = 50,
+                          by: str = "rate", **kw) -> list[int]:
+    """The n features that fire most more often on `positive` than on `negative` texts."""
+    from ..features.search import contrast
+
+    return contrast(lm, sae, positive, negative, top=n, by=by, **kw).ids
+
+
+def targets_from_text(query: str, n: int = 50, **kw) -> list[int]:
+    """Features whose stored explanation matches `query` (needs the feature store)."""
+    try:
+        from ..features import store
+    except ImportError:
+        raise QScopeError("targets by explanation need qscope.features.store (not available in this install); "
+                          "give feature ids or a contrast instead") from None
+    search = getattr(store, "search", None)
+    if search is None:
+        raise QScopeError("qscope.features.store has no search(); give feature ids or a contrast instead")
+    hits = search(query, limit=n, **kw)
+    return [int(getattr(h, "feature", h if isinstance(h, int) else h.get("feature"))) for h in hits]
+
+
+# ------------------------------------------------------------------------- generators
+class Generator(Protocol):
+    name: str
+
+    def generate(self, target: int | None, n: int, seed: int) -> list[dict]:
+        """n candidates for `target` (None = untargeted); dicts with text, prompt and settings."""
+
+
+@dataclass
+class RowSteering:
+    """Adds `strength * W_dec[f_i]` to row i of the batch: one generate call serves many targets
+    (rows with feature None are left alone). Duck-types `qscope.steer.Steering` for `lm.generate`."""
+
+    sae: object
+    features: list[int | None]
+    strength: float
+
+    def edits(self, lm) -> dict:
+        import torch
+
+        layer = lm.check_sae(self.sae)
+        rows = torch.stack([self.sae.W_dec[f] if f is not None else torch.zeros_like(self.sae.W_dec[0])
+                            for f in self.features]).detach()
+
+        def fn(h):
+            if h.shape[0] != rows.shape[0]:
+                raise QScopeError(f"row steering for {rows.shape[0]} rows got a batch of {h.shape[0]}")
+            return h + self.strength * rows.to(h.device, h.dtype).unsqueeze(1)
+
+        return {layer: fn}
+
+
+@dataclass
+class LocalSteered:
+    """The local model, sampling on neutral prompts with the target's decoder direction added
+    at every position (`target=None`: the same sampling unsteered, i.e. the random baseline).
+    `generate_batch` serves many targets in one batched generate call."""
+
+    lm: object
+    sae: object
+    strength: float = 60.0
+    prompts: Sequence[str] = NEUTRAL_PROMPTS
+    max_new_tokens: int = 40
+    temperature: float = 1.0
+    chat: bool = True
+    batch: int = 64
+
+    @property
+    def name(self) -> str:
+        return f"local:{self.lm.name}"
+
+    def generate(self, target: int | None, n: int, seed: int) -> list[dict]:
+        return self.generate_batch([target] * n, seed)
+
+    def generate_batch(self, targets: Sequence[int | None], seed: int) -> list[dict]:
+        """One candidate per entry of `targets` (None = unsteered), `batch` rows per generate call."""
+        out: list[dict] = []
+        for start in range(0, len(targets), self.batch):
+            rows = list(targets[start:start + self.batch])
+            prompts = [self.prompts[(seed + start + i) % len(self.prompts)] for i in range(len(rows))]
+            steer = RowSteering(self.sae, rows, self.strength) if any(t is not None for t in rows) else None
+            texts = self.lm.generate(prompts, max_new_tokens=self.max_new_tokens, steer=steer, chat=self.chat,
+                                     do_sample=True, temperature=self.temperature, seed=seed + start)
+            out += [{"text": t.strip(), "prompt": p, "seed": seed + start,
+                     "steer": None if f is None else {"feature": f, "strength": self.strength}}
+                    for f, p, t in zip(rows, prompts, texts)]
+        return out
+
+
+def describe_by_tokens(lm, sae, n: int = 10) -> Callable[[int], str]:
+    """Feature -> text description from the tokens its decoder direction promotes."""
+    from ..features.logits import token_effects
+
+    def describe(feature: int) -> str:
+        tokens = [t.strip() for t, _ in token_effects(lm, sae, [feature], n=n)[0].promoted if t.strip()]
+        return "text involving words like " + ", ".join(repr(t) for t in tokens)
+
+    return describe
+
+
+@dataclass
+class Endpoint:
+    """An OpenAI-compatible chat-completions endpoint (`POST {base_url}/chat/completions`)."""
+
+    base_url: str
+    model: str
+    describe: Callable[[int], str]
+    template: str = ENDPOINT_TEMPLATE
+    api_key: str | None = None
+    temperature: float = 1.0
+    max_tokens: int = 80
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise QScopeError(f"endpoint URL must start with http:// or https://, got {self.base_url!r}")
+        if "{description}" not in self.template:
+            raise QScopeError("the prompt template must contain {description}")
+        self.api_key = self.api_key or os.environ.get("OPENAI_API_KEY")
+
+    @property
+    def name(self) -> str:
+        return f"endpoint:{self.model}"
+
+    def _complete(self, prompt: str, seed: int) -> str:
+        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                           "temperature": self.temperature, "max_tokens": self.max_tokens, "seed": seed}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        url = self.base_url.rstrip("/") + "/chat/completions"
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=self.timeout) as resp:
+                data = json.loads(resp.read().decode("utf-8"))
+            return str(data["choices"][0]["message"]["content"])
+        except urllib.error.HTTPError as exc:
+            raise QScopeError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise QScopeError(f"{url}: cannot reach the endpoint ({getattr(exc, 'reason', exc)})") from None
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise QScopeError(f"{url}: reply is not an OpenAI chat completion (no choices[0].message.content)") from None
+
+    def generate(self, target: int | None, n: int, seed: int) -> list[dict]:
+        description = UNTARGETED_DESCRIPTION if target is None else self.describe(target)
+        prompt = self.template.format(description=description)
+        return [{"text": self._complete(prompt, seed + i).strip(), "prompt": prompt, "seed": seed + i} for i in range(n)]
+
+
+# ------------------------------------------------------------------------- synthesis
+@dataclass
+class Candidate:
+    text: str
+    target: int | None
+    generator: str
+    prompt: str
+    activation: float  # the target's example-level max activation (0 = does not fire)
+    kept: bool
+    hits: list[int]  # every target this text fires
+    seed: int
+    steer: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check(lm, sae, rows: list[tuple[int | None, dict]], generator: str, targets: list[int], max_length: int) -> list[Candidate]:
+    """Encode candidates (unsteered) and mark each kept iff it fires its own target."""
+    texts = [r["text"] for _, r in rows]
+    live = [i for i, t in enumerate(texts) if t.strip()]
+    acts = max_acts_of(lm, sae, [texts[i] for i in live], max_length=max_length)
+    out = []
+    row_of = {i: j for j, i in enumerate(live)}
+    for i, (target, r) in enumerate(rows):
+        j = row_of.get(i)
+        vec = acts[j].toarray().ravel() if j is not None else np.zeros(sae.cfg.d_sae, dtype=np.float32)
+        act = float(vec[target]) if target is not None else 0.0
+        hits = [t for t in targets if vec[t] > 0]
+        kept = act > 0 if target is not None else bool(hits)
+        out.append(Candidate(r["text"], target, generator, r["prompt"], act, kept, hits, r["seed"], r.get("steer")))
+    return out
+
+
+def synthesize(lm, sae, targets: Sequence[int], generator: Generator, per_target: int = 4, seed: int = 0,
+               max_length: int = 128, progress: Callable[[int], None] | None = None) -> list[Candidate]:
+    """`per_target` candidates for each target; each checked for firing its target."""
+    targets = _check_targets(targets, sae.cfg.d_sae)
+    rows: list[tuple[int | None, dict]] = []
+    if hasattr(generator, "generate_batch"):  # many targets per forward
+        wanted = [t for t in targets for _ in range(per_target)]
+        rows = list(zip(wanted, generator.generate_batch(wanted, seed)))
+        if progress:
+            progress(len(wanted))
+    else:
+        for i, target in enumerate(targets):
+            rows += [(target, r) for r in generator.generate(target, per_target, seed + 1000 * i)]
+            if progress:
+                progress(per_target)
+    return _check(lm, sae, rows, generator.name, targets, max_length)
+
+
+def untargeted(lm, sae, targets: Sequence[int], generator: Generator, budget: int, seed: int = 0, batch: int = 8,
+               max_length: int = 128, progress: Callable[[int], None] | None = None) -> list[Candidate]:
+    """The random baseline: `budget` untargeted generations; kept if they fire any target."""
+    targets = _check_targets(targets, sae.cfg.d_sae)
+    rows: list[tuple[int | None, dict]] = []
+    if hasattr(generator, "generate_batch"):
+        rows = [(None, r) for r in generator.generate_batch([None] * budget, seed + 7919)]
+        if progress:
+            progress(budget)
+    for i, start in enumerate(range(0, budget if not rows else 0, batch)):
+        n = min(batch, budget - start)
+        rows += [(None, r) for r in generator.generate(None, n, seed + 7919 * (i + 1))]
+        if progress:
+            progress(n)
+    return _check(lm, sae, rows, f"random:{generator.name}", targets, max_length)
+
+
+@dataclass
+class SynthReport:
+    """Coverage of the targets by the seed set, and after adding synthesised vs random data."""
+
+    layer: int
+    targets: list[int]
+    seed: Coverage
+    per_target: int
+    budget: int
+    feature_driven: dict = field(default_factory=dict)
+    random: dict = field(default_factory=dict)
+    per_feature: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["seed"] = self.seed.to_dict()
+        return d
+
+
+def _summary(cands: list[Candidate], seed_cov: Coverage, use_all: bool) -> dict:
+    """Coverage of seed + candidates (kept ones, or all for the random baseline)."""
+    added = [c for c in cands if c.kept or use_all]
+    hit = set(seed_cov.covered) | {t for c in added for t in c.hits}
+    uncovered = seed_cov.uncovered
+    new = [t for t in uncovered if t in hit]
+    return {"generated": len(cands), "added": len(added), "newly_covered": new,
+            "coverage_of_uncovered": len(new) / len(uncovered) if uncovered else 1.0,
+            "coverage_total": len(hit & set(seed_cov.targets)) / len(seed_cov.targets)}
+
+
+def compare(lm, sae, seed_texts: Sequence[str], targets: Sequence[int], generator: Generator, per_target: int = 4,
+            seed: int = 0, random_baseline: bool = True, max_length: int = 128,
+            progress: Callable[[str, int, int], None] | None = None) -> tuple[SynthReport, list[Candidate], list[Candidate]]:
+    """Seed coverage, then feature-driven synthesis for the uncovered targets and the random
+    baseline at the same number of generations. Returns (report, synthesised, random)."""
+    layer = lm.check_sae(sae)
+    targets = _check_targets(targets, sae.cfg.d_sae)
+    tick = (lambda what, total: (lambda n: progress(what, n, total))) if progress else (lambda what, total: None)
+    texts = [t for t in seed_texts if t.strip()]
+    seed_cov = coverage_from_acts(max_acts_of(lm, sae, texts, max_length=max_length, progress=tick("seed set", len(texts))), targets)
+    todo = seed_cov.uncovered
+    budget = per_target * len(todo)
+    synth = synthesize(lm, sae, todo, generator, per_target, seed, max_length, tick("feature-driven", budget)) if todo else []
+    rand = untargeted(lm, sae, targets, generator, budget, seed, max_length=max_length,
+                      progress=tick("random", budget)) if random_baseline and budget else []
+    report = SynthReport(layer, targets, seed_cov, per_target, budget, _summary(synth, seed_cov, False),
+                         _summary(rand, seed_cov, True) if random_baseline else {})
+    for t in todo:
+        mine = [c for c in synth if c.target == t]
+        report.per_feature.append({"feature": t, "kept": sum(c.kept for c in mine), "tried": len(mine),
+                                   "max_activation": max((c.activation for c in mine), default=0.0),
+                                   "random_hits": sum(t in c.hits for c in rand)})
+    return report, synth, rand
+
+
+def write_jsonl(candidates: Iterable[Candidate], path: str | Path, kept_only: bool = True) -> int:
+    """Candidates as JSONL with provenance (target, generator, prompt, activation ...), atomically."""
+    rows = [c.to_dict() for c in candidates if c.kept or not kept_only]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return len(rows)

@@ -1,0 +1,106 @@
+"""Pictures and files of evaluation analyses: overlap heatmap, coverage and tau curves, JSON.
+
+matplotlib runs headless (Agg); every figure is written atomically next to its JSON.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ..io import atomic_path, write_json
+from .overlap import OverlapResult
+from .redundancy import CoverageCurve, PerformanceRedundancy
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def overlap_heatmap(result: OverlapResult, path: str | Path, kind: str = "overlap", title: str | None = None) -> Path:
+    """Heatmap of overlap[i][j] = |F_i n F_j| / |F_i| (row benchmark -> column benchmark)."""
+    plt = _plt()
+    matrix = getattr(result, kind)
+    n = len(result.benchmarks)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.62 * n, 0.9 + 0.55 * n))
+    im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    labels = [f"{b} ({s})" for b, s in zip(result.benchmarks, result.sizes)]
+    ax.set_xticks(range(n), result.benchmarks, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
+    for i in range(n):
+        for j in range(n):
+            v = matrix[i][j]
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6.5, color="black" if v > 0.6 else "white")
+    ax.set_xlabel("B")
+    ax.set_ylabel("A (|F(A)|)")
+    default = "|F(A) ∩ F(B)| / |F(A)|" if kind == "overlap" else "|F(A) ∩ F(B)| / min(|F(A)|, |F(B)|)"
+    ax.set_title(title or default, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return _save(fig, path)
+
+
+def coverage_plot(curves: Sequence[CoverageCurve], path: str | Path, title: str | None = None) -> Path:
+    """Coverage c_n against the fraction n/|D| of items, one line per benchmark, R_hat in the legend."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for c in sorted(curves, key=lambda c: -c.r_hat):
+        x = [n / c.n_items for n in range(1, c.n_items + 1)]
+        ax.plot(x, c.coverage, lw=1.4, label=f"{c.benchmark}  R̂={c.r_hat:.3f}")
+    ax.set_xlabel("subset size n / |D|")
+    ax.set_ylabel("c_n = E|F(S)| / |F(D)|")
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title or "feature coverage of random subsets", fontsize=9)
+    return _save(fig, path)
+
+
+def tau_plot(results: Sequence[PerformanceRedundancy], path: str | Path, title: str | None = None) -> Path:
+    """tau_n against n/|D| per benchmark (how well n items rank the models as all items do)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for r in sorted(results, key=lambda r: -r.r):
+        x = [n / r.n_items for n in range(1, r.n_items + 1)]
+        ax.plot(x, r.tau, lw=1.4, label=f"{r.benchmark}  R={r.r:.3f}")
+    ax.set_xlabel("subset size n / |D|")
+    ax.set_ylabel("tau_n = E Kendall tau(acc_S, acc_D)")
+    ax.set_ylim(-1.01, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    n_models = results[0].n_models if results else 0
+    ax.set_title(title or f"performance redundancy over {n_models} models", fontsize=9)
+    return _save(fig, path)
+
+
+def scatter_plot(r_hat: dict[str, float], r: dict[str, float], path: str | Path, title: str = "") -> Path:
+    """R_hat (features) against R (performance), one point per benchmark."""
+    plt = _plt()
+    names = [b for b in r_hat if b in r]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter([r_hat[b] for b in names], [r[b] for b in names])
+    for b in names:
+        ax.annotate(b, (r_hat[b], r[b]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("R̂ (feature coverage)")
+    ax.set_ylabel("R (Kendall tau of model ranking)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def write_result(path: str | Path, obj) -> Path:
+    """JSON of a result object (anything with `.to_dict()`) or a plain dict/list, atomically."""
+    write_json(path, obj.to_dict() if hasattr(obj, "to_dict") else obj)
+    return Path(path)

@@ -1,0 +1,15 @@
+"""Application 4: SAE-guided post-training (SASFT against code-switching, SAE-guided GRPO
+against repetition)."""
+
+from .grpo import GRPOConfig, add_lora, default_reward, group_advantages, grpo_step, sample_groups, train_grpo
+from .language import (code_switch_ratio, contains_language, detect_languages, estimate_alphas, monolinguality,
+                       script_token_ids)
+from .repetition import causal_check, repetition_features, repetition_ratio, repetitive_corpus
+from .sasft import SASFTPenalty, SASFTTrainer, build_sft_batch, sft_step, unlikelihood_loss
+
+__all__ = [
+    "GRPOConfig", "add_lora", "default_reward", "group_advantages", "grpo_step", "sample_groups", "train_grpo",
+    "code_switch_ratio", "contains_language", "detect_languages", "estimate_alphas", "monolinguality", "script_token_ids",
+    "causal_check", "repetition_features", "repetition_ratio", "repetitive_corpus",
+    "SASFTPenalty", "SASFTTrainer", "build_sft_batch", "sft_step", "unlikelihood_loss",
+]

@@ -1,0 +1,320 @@
+"""The FastAPI app: a thin JSON/SSE shell over `qscope.features` and `qscope.steer`.
+
+Why one lock: a model (and its hooks, which steering installs on it) is shared state; two
+requests interleaving forwards would mix steered and plain outputs. Every model call holds
+`Gate.lock`, so concurrent requests queue and each gets exactly what it would get alone.
+Endpoints are plain `def` (FastAPI runs them in its thread pool) so waiting on the lock never
+blocks the event loop. No endpoint takes a filesystem path: stores are chosen at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..errors import QScopeError
+from . import schemas as S
+
+STATIC = Path(__file__).parent / "static"
+
+
+class Gate:
+    """Serialises model access (a plain lock: requests are short and bounded by the limits)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def run(self, fn, *args, **kwargs):
+        with self.lock, torch.inference_mode():
+            return fn(*args, **kwargs)
+
+
+class Stores:
+    """Feature stores by layer, one SQLite connection per thread (sqlite3 objects may not cross threads)."""
+
+    def __init__(self, stores: dict):
+        self.paths = {int(layer): Path(s.path if hasattr(s, "path") else s) for layer, s in stores.items() if s}
+        self.local = threading.local()
+
+    def get(self, layer: int):
+        from ..features.store import FeatureStore
+
+        if layer not in self.paths:
+            return None
+        cache = self.local.__dict__.setdefault("stores", {})
+        if layer not in cache:
+            cache[layer] = FeatureStore(self.paths[layer])
+        return cache[layer]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """One readable line per problem: 'body.text: String should have at most 2000 characters'."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"{where}: {err.get('msg')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(lm, saes: dict, stores: dict | None = None) -> FastAPI:
+    """App serving `lm` with one SAE per layer (`saes`) and optional feature stores per layer
+    (`stores`: FeatureStore, a store path chosen by the operator, or None)."""
+    if not saes:
+        raise QScopeError("serve at least one SAE")
+    saes = {int(layer): sae for layer, sae in saes.items()}
+    for layer, sae in saes.items():
+        lm.check_sae(sae, layer)
+    stores_ = Stores(stores or {})
+    for layer, path in stores_.paths.items():
+        if layer not in saes:
+            raise QScopeError(f"{path}: store for layer {layer}, which is not served")
+        store = stores_.get(layer).check(layer)
+        if store.d_sae != saes[layer].cfg.d_sae:
+            raise QScopeError(f"{path}: store has {store.d_sae} features, the layer-{layer} SAE {saes[layer].cfg.d_sae}")
+    gate = Gate()
+    app = FastAPI(title="qscope", version="1", description="SAE features as development tools: browse, inspect, "
+                  "steer, compare. Model calls are serialised; limits are in /api/info.")
+    app.state.gate, app.state.lm, app.state.saes, app.state.stores = gate, lm, saes, stores_
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next):
+        """Refuse oversized bodies before they are parsed (valid requests are far below the cap)."""
+        size = request.headers.get("content-length")
+        if size and (not size.isdigit() or int(size) > S.MAX_BODY):
+            return _error(413, f"request body over {S.MAX_BODY} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(QScopeError)
+    async def _user_error(request: Request, exc: QScopeError):
+        return _error(400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return _error(422, _validation_message(exc))
+
+    def sae_for(layer: int, status: int = 400):
+        if layer not in saes:
+            raise HTTPException(status, f"layer {layer} is not served; served layers: {', '.join(map(str, sorted(saes)))}")
+        return saes[layer]
+
+    def check_feature(layer: int, feature: int, status: int = 400) -> int:
+        d_sae = sae_for(layer, status).cfg.d_sae
+        if not 0 <= feature < d_sae:
+            raise HTTPException(status, f"feature {feature} out of range: layer {layer} has features 0..{d_sae - 1}")
+        return feature
+
+    # ------------------------------------------------------------------ pages + info
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/info", summary="Model, served layers, stores and request limits")
+    def info():
+        layers = []
+        for layer, sae in sorted(saes.items()):
+            store = stores_.get(layer)
+            summary = None
+            if store is not None:
+                meta = store.summary()
+                summary = {k: meta.get(k) for k in ("texts_done", "tokens_done", "state", "features_fired", "model", "sae")}
+            layers.append({"layer": layer, "d_sae": sae.cfg.d_sae, "k": sae.cfg.k, "store": summary})
+        return {"model": lm.name, "n_layers": lm.n_layers, "layers": layers, "limits": S.LIMITS}
+
+    # ------------------------------------------------------------------ feature browser
+    @app.get("/api/feature/{layer}/{feature}", summary="A feature's dashboard (store) or its token effects (no store)")
+    def feature_page(layer: int, feature: int):
+        from ..features.logits import token_effects
+
+        check_feature(layer, feature, 404)
+        store = stores_.get(layer)
+        if store is not None:
+            dash = store.dashboard(feature).to_dict()
+            if not dash["promoted"]:  # a store still building has no token effects yet
+                effect = gate.run(token_effects, lm, saes[layer], [feature], n=10)[0]
+                dash.update(promoted=effect.promoted, suppressed=effect.suppressed)
+            return {"store": True, **dash}
+        effect = gate.run(token_effects, lm, saes[layer], [feature], n=10)[0]
+        return {"store": False, "feature": feature, "layer": layer, "model": lm.name, "promoted": effect.promoted,
+                "suppressed": effect.suppressed, "explanations": [], "top": [], "intervals": [], "histogram": []}
+
+    @app.post("/api/feature/activations", summary="One feature's activation on each token of a text (live)")
+    def feature_activations(req: S.ActivationsRequest):
+        sae = sae_for(req.layer)
+        check_feature(req.layer, req.feature)
+
+        def run():
+            cap = lm.capture([req.text], [req.layer], max_length=S.MAX_TOKENS)
+            acts = sae.encode(cap.valid(req.layer))[:, req.feature]
+            return cap.tokens[0], [round(float(a), 4) for a in acts]
+
+        tokens, acts = gate.run(run)
+        return {"layer": req.layer, "feature": req.feature, "tokens": tokens, "acts": acts}
+
+    @app.get("/api/features/{layer}", summary="Most (or least) frequent features of a layer's store")
+    def list_features(layer: int, order: str = Query("frequent", pattern="^(frequent|rare)$"),
+                      n: int = Query(20, ge=1, le=200)):
+        sae_for(layer, 404)
+        store = stores_.get(layer)
+        if store is None:
+            raise HTTPException(404, f"no feature store for layer {layer}; build one with `qscope features build`")
+        return [s.to_dict() for s in store.top_features_by_density(n, lowest=order == "rare")]
+
+    @app.get("/api/search/explanations", summary="Features whose explanation contains every word of q")
+    def search_explanations(q: str = Query(min_length=1, max_length=200), layer: int | None = None):
+        layers = [layer] if layer is not None else sorted(saes)
+        if layer is not None:
+            sae_for(layer)
+        out = []
+        for l in layers:
+            store = stores_.get(l)
+            if store is not None:
+                out += [{"layer": l, **e.to_dict()} for e in store.search_explanations(q)]
+        return out
+
+    @app.post("/api/search/text", summary="Features strongest on a text (max activation over its tokens)")
+    def search_text(req: S.TextSearchRequest):
+        from ..features.active import encode_text
+
+        sae = sae_for(req.layer)
+        enc = gate.run(encode_text, lm, sae, req.text, top=sae.cfg.k or S.MAX_TOP, layer=req.layer,
+                       max_length=S.MAX_TOKENS)
+        return {"layer": req.layer, "features": [{"feature": f, "max_act": a} for f, a in enc.strongest(req.top)]}
+
+    @app.post("/api/search/contrast", summary="Features firing more on the positive texts than on the negative")
+    def search_contrast(req: S.ContrastRequest):
+        from ..features.search import contrast
+
+        sae = sae_for(req.layer)
+        return gate.run(contrast, lm, sae, req.positive, req.negative, req.layer, req.top, req.by,
+                        max_length=S.MAX_TOKENS).to_dict()
+
+    # ------------------------------------------------------------------ inspector + compare
+    @app.post("/api/inspect", summary="Each token's strongest features")
+    def inspect(req: S.InspectRequest):
+        from ..features.active import encode_text
+
+        sae = sae_for(req.layer)
+        full = gate.run(encode_text, lm, sae, req.text, top=sae.cfg.k or S.MAX_TOP, layer=req.layer,
+                        max_length=S.MAX_TOKENS)
+        strongest = [{"feature": f, "max_act": a} for f, a in full.strongest(20)]
+        result = full.to_dict()
+        for tok in result["tokens"]:
+            tok["features"] = tok["features"][:req.top]
+        return {**result, "strongest": strongest}
+
+    @app.post("/api/compare", summary="Features ranked by the difference of their firing rates on two texts, per layer")
+    def compare(req: S.CompareRequest):
+        from ..features.search import collect_stats
+
+        layers = req.layers or sorted(saes)
+        for layer in layers:
+            sae_for(layer)
+
+        def rows(a, b, order):
+            diff = a.rate - b.rate
+            return [{"feature": int(f), "rate_a": round(float(a.rate[f]), 4), "rate_b": round(float(b.rate[f]), 4),
+                     "diff": round(float(diff[f]), 4), "mean_a": round(float(a.mean[f]), 4),
+                     "mean_b": round(float(b.mean[f]), 4)} for f in order if diff[f] != 0]
+
+        def run():
+            out = []
+            for layer in layers:
+                a = collect_stats(lm, saes[layer], [req.text_a], layer, max_length=S.MAX_TOKENS)
+                b = collect_stats(lm, saes[layer], [req.text_b], layer, max_length=S.MAX_TOKENS)
+                diff = a.rate - b.rate
+                out.append({"layer": layer, "tokens_a": a.tokens, "tokens_b": b.tokens,
+                            "more_in_a": rows(a, b, diff.argsort(descending=True)[:req.top]),
+                            "more_in_b": rows(a, b, diff.argsort()[:req.top])})
+            return out
+
+        return {"layers": gate.run(run)}
+
+    # ------------------------------------------------------------------ steering
+    def steering_for(req: S.SteerRequest):
+        from ..steer import FeatureEdit, Steering
+
+        sae = sae_for(req.layer)
+        for e in req.edits:
+            check_feature(req.layer, e.feature)
+        edits = [FeatureEdit(e.feature, e.strength, e.mode, e.relative) for e in req.edits]
+        return Steering(sae, edits, req.positions, req.layer)
+
+    @app.post("/api/steer", summary="Plain and steered greedy generations (not streamed)")
+    def steer(req: S.SteerRequest):
+        steering = steering_for(req)
+        kw = dict(max_new_tokens=req.max_new_tokens, chat=req.chat)
+
+        def run():
+            return lm.generate(req.prompt, **kw), lm.generate(req.prompt, steer=steering, **kw)
+
+        plain, steered = gate.run(run)
+        return {"prompt": req.prompt, "steering": steering.to_dict(), "plain": plain, "steered": steered}
+
+    @app.post("/api/steer/stream", summary="Plain then steered generation as server-sent events")
+    def steer_stream(req: S.SteerRequest):
+        """Events (`data: {json}`): {type: token, side, text} as tokens arrive, {type: done, side, text}
+        with each side's full text, then {type: end}; {type: error, detail} if generation fails."""
+        steering = steering_for(req)  # bad input -> 4xx before the stream starts
+        events = _generate_events(lm, gate, req, steering)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _generate_events(lm, gate: Gate, req, steering) -> Iterator[str]:
+    """Run both generations in a worker thread (holding the gate) and relay its tokens; a client
+    that goes away sets `cancel`, which stops the generation at the next token."""
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+    q: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+
+    class Relay(TextStreamer):
+        def __init__(self, side):
+            super().__init__(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self.side = side
+
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            if text:
+                q.put({"type": "token", "side": self.side, "text": text})
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    def work():
+        try:
+            for side, steer in (("plain", None), ("steered", steering)):
+                text = gate.run(lm.generate, req.prompt, max_new_tokens=req.max_new_tokens, chat=req.chat, steer=steer,
+                                streamer=Relay(side), stopping_criteria=StoppingCriteriaList([Cancelled()]))
+                q.put({"type": "done", "side": side, "text": text})
+                if cancel.is_set():
+                    break
+            q.put({"type": "end"})
+        except Exception as exc:  # reported to the client; the server keeps serving
+            q.put({"type": "error", "detail": str(exc) if isinstance(exc, QScopeError) else f"generation failed: {exc!r}"})
+
+    threading.Thread(target=work, daemon=True, name="qscope-generate").start()
+    try:
+        while True:
+            event = q.get()
+            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+            if event["type"] in ("end", "error"):
+                return
+    finally:
+        cancel.set()

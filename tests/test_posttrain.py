@@ -1,0 +1,278 @@
+"""Post-training (Application 4): SASFT penalty, code-switch detection, repetition, GRPO."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qscope.posttrain import grpo, language, repetition
+from qscope.posttrain.sasft import SASFTPenalty, SASFTTrainer, build_sft_batch, response_mask, sft_step, unlikelihood_loss
+from qscope.sae import SAE, SAEConfig
+from tests.tiny import SENTENCES, tiny_lm
+
+try:
+    import peft  # noqa: F401
+
+    HAS_PEFT = True
+except ImportError:
+    HAS_PEFT = False
+needs_peft = pytest.mark.skipif(not HAS_PEFT, reason="peft is not installed (pip install peft)")
+
+
+def _sae(lm, layer, seed=3):
+    sae = SAE.random(SAEConfig(d_model=lm.d_model, d_sae=64, k=8, layer=layer), seed=seed)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed))
+    return sae
+
+
+def _batch(lm):
+    pairs = [("Say hi.", "The cat sat on the mat."), ("Code?", "def add(a, b): return a + b")]
+    return build_sft_batch(lm.tokenizer, pairs, max_length=64, chat=False)
+
+
+def test_penalty_matches_hand_computation():
+    lm = tiny_lm()
+    saes = {1: _sae(lm, 1), 2: _sae(lm, 2, seed=4)}
+    feats = {1: [0, 5, 9], 2: [3, 7]}
+    alphas = {1: torch.tensor([0.0, 0.1, -0.2]), 2: 0.05}
+    pen = SASFTPenalty(lm, saes, feats, alphas, lam=0.5)
+    batch = _batch(lm)
+    ce, value, out = pen(lm.model, batch)
+    # hand computation from hidden_states (layer n = hidden_states[n+1])
+    hs = lm.model(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True).hidden_states
+    mask = (batch["labels"] != -100) & batch["attention_mask"].bool()
+    total = 0.0
+    count = 0
+    for b in range(mask.shape[0]):
+        for t in range(mask.shape[1]):
+            if not mask[b, t]:
+                continue
+            count += 1
+            for layer in (1, 2):
+                pre = saes[layer].pre_acts(hs[layer + 1][b, t])
+                alpha = alphas[layer] if isinstance(alphas[layer], torch.Tensor) else torch.full((2,), alphas[layer])
+                total += torch.relu(pre[feats[layer]] - alpha).sum().item()
+    assert count == int(mask.sum()) and count > 0
+    assert value.item() == pytest.approx(0.5 * total / count, rel=1e-4, abs=1e-7)
+    assert torch.allclose(ce, out.loss)
+
+
+def test_only_response_tokens_count():
+    lm = tiny_lm()
+    pen = SASFTPenalty(lm, {1: _sae(lm, 1)}, {1: [0, 1, 2, 3]}, {1: -10.0}, lam=1.0)  # every token contributes
+    batch = _batch(lm)
+    _, v1, _ = pen(lm.model, batch)
+    # changing prompt-token residual contributions must not matter: mask the prompt differently
+    labels = batch["labels"].clone()
+    labels[:] = -100
+    _, v0, _ = pen(lm.model, {**batch, "labels": labels})
+    assert v0.item() == 0.0
+    # penalty over response tokens equals mean of per-token excess at those positions only
+    with pen.capture():
+        lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    per_tok = pen.excess(1, pen._hidden[1])
+    m = response_mask(batch)
+    assert v1.item() == pytest.approx(per_tok[m].mean().item(), rel=1e-5)
+    assert per_tok[~m].abs().sum() > 0  # prompt tokens would have counted if not masked
+
+
+def test_penalty_gradient_matches_finite_difference_and_is_zero_below_alpha():
+    lm = tiny_lm()
+    lm.model.double()
+    sae = _sae(lm, 1).double()
+    batch = _batch(lm)
+    pen = SASFTPenalty(lm, {1: sae}, {1: [0, 4, 8, 12]}, {1: 0.0}, lam=1.0)
+    pen._w[1], pen._b[1] = pen._w[1].double(), pen._b[1].double()
+    pen.alphas[1] = pen.alphas[1].double()
+    param = lm.model.model.layers[0].mlp.down_proj.weight
+
+    def value():
+        with pen.capture():
+            lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return pen.value(response_mask(batch))
+
+    lm.model.zero_grad()
+    v = value()
+    assert v.item() > 0
+    v.backward()
+    grad = param.grad.clone()
+    assert grad.abs().sum() > 0
+    for p in sae.parameters():
+        assert p.grad is None  # the SAE is frozen
+    eps = 1e-4  # Llama's RMSNorm computes in float32 even in a float64 model: moderate eps and tolerance
+    for idx in [(0, 0), (3, 5), (10, 7)]:
+        with torch.no_grad():
+            param[idx] += eps
+            up = value().item()
+            param[idx] -= 2 * eps
+            down = value().item()
+            param[idx] += eps
+        assert (up - down) / (2 * eps) == pytest.approx(grad[idx].item(), rel=3e-2, abs=1e-6)
+    # exact check w.r.t. the residual itself
+    h = torch.randn(2, 5, lm.d_model, dtype=torch.float64, requires_grad=True)
+    m = torch.tensor([[0, 1, 1, 0, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    assert torch.autograd.gradcheck(lambda x: pen.from_hidden({1: x}, m), (h,))
+    # all pre-activations below alpha -> zero penalty and zero gradient
+    pen.alphas[1] = torch.full((4,), 1e6, dtype=torch.float64)
+    lm.model.zero_grad()
+    v = value()
+    v.backward()
+    assert v.item() == 0.0 and param.grad.abs().sum() == 0
+
+
+def test_unlikelihood_loss_value():
+    logits = torch.zeros(1, 3, 4)
+    labels = torch.tensor([[-100, 2, 3]])
+    # uniform over 4 tokens, 2 bad -> P(bad)=0.5 at positions 0,1 predicting labelled tokens 1,2
+    assert unlikelihood_loss(logits, labels, [0, 1]).item() == pytest.approx(-torch.log(torch.tensor(0.5)).item())
+
+
+def test_sft_step_and_trainer_add_penalty(tmp_path):
+    from transformers import TrainingArguments
+
+    lm = tiny_lm()
+    pen = SASFTPenalty(lm, {2: _sae(lm, 2)}, {2: [1, 2]}, {2: -1.0}, lam=1.0)
+    batch = _batch(lm)
+    opt = torch.optim.SGD(lm.model.parameters(), lr=1e-2)
+    stats = sft_step(lm.model, batch, opt, penalty=pen)
+    assert stats["penalty"] > 0 and stats["loss"] == pytest.approx(stats["ce"] + stats["penalty"], rel=1e-5)
+
+    rows = [{k: v[i] for k, v in batch.items()} for i in range(2)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, report_to=[],
+                             logging_steps=1, save_strategy="no", use_cpu=True)
+    trainer = SASFTTrainer(model=lm.model, args=args, train_dataset=rows, penalty=pen)
+    loss = trainer.compute_loss(lm.model, {k: v for k, v in batch.items()})
+    plain = lm.model(**batch).loss
+    assert loss.item() == pytest.approx(plain.item() + trainer.last_penalty, rel=1e-5)
+    assert trainer.last_penalty > 0
+    trainer.train()
+
+
+@needs_peft
+def test_penalty_under_lora_trains_adapters_only():
+    lm = tiny_lm()
+    grpo.add_lora(lm, r=4)
+    pen = SASFTPenalty(lm, {1: _sae(lm, 1)}, {1: [0, 1, 2]}, {1: -1.0}, lam=1.0)
+    batch = _batch(lm)
+    lora = {n: p.detach().clone() for n, p in lm.model.named_parameters() if "lora_B" in n}
+    base = lm.model.base_model.model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    opt = torch.optim.Adam([p for p in lm.model.parameters() if p.requires_grad], lr=1e-2)
+    stats = sft_step(lm.model, batch, opt, penalty=pen)
+    assert stats["penalty"] > 0
+    changed = [n for n, p in lm.model.named_parameters() if n in lora and not torch.equal(p, lora[n])]
+    assert changed
+    assert torch.equal(base, lm.model.base_model.model.model.layers[0].mlp.down_proj.weight)
+
+
+def test_code_switch_detector():
+    d = language
+    assert d.contains_language("Hello, 你好 world", "zh")
+    assert not d.contains_language("Hello world, this is fine.", "zh")
+    assert d.contains_language("こんにちは、世界", "ja") and not d.contains_language("こんにちは、世界", "zh")
+    assert d.contains_language("안녕하세요", "ko")
+    assert d.contains_language("Привет, мир", "ru")
+    assert d.contains_language("مرحبا بالعالم", "ar")
+    en = "The weather is nice today and we are going to the park with the children."
+    fr = "Le chat est sur la table et il ne veut pas descendre pour manger avec nous."
+    de = "Der Hund ist nicht in dem Haus, und er wird auch nicht mit uns spielen."
+    assert d.contains_language(en + " " + fr, "fr")
+    assert not d.contains_language(en, "fr")
+    assert d.contains_language(de, "de") and not d.contains_language(de, "fr")
+    assert "en" in d.detect_languages(en) and "fr" in d.detect_languages(en + " " + fr)
+    responses = [en, en + " " + fr, "OK 好的", en]
+    assert d.code_switch_ratio(responses, "fr") == 0.25
+    assert d.code_switch_ratio(responses, ["fr", "zh"]) == 0.5
+    with pytest.raises(Exception):
+        d.code_switch_ratio(responses, "xx")
+
+
+def test_script_token_ids():
+    lm = tiny_lm()
+    ids = language.script_token_ids(lm.tokenizer, ["你好世界"])
+    assert ids and all(not any(c.isascii() for c in lm.tokenizer.decode([i])) for i in ids)
+    assert language.script_token_ids(lm.tokenizer, ["The cat"]) == []
+
+
+def test_repetition_ratio():
+    r = repetition.repetition_ratio
+    assert r("the cat sat on the mat") == 0.0
+    assert r("") == 0.0 and r("one two") == 0.0
+    assert r("a b c a b c") == pytest.approx(1 - 3 / 4)
+    assert r("go go go go go go", n=1) == pytest.approx(5 / 6)
+    assert r("I like it. I like it. I like it. I like it.") > 0.6
+    assert repetition.repeat_positions([5, 6, 5, 6, 7], n=2) == ([1], [3])
+
+
+def test_repetition_features_and_corpus():
+    lm = tiny_lm()
+    sae = _sae(lm, 2)
+    texts = repetition.repetitive_corpus(SENTENCES * 2, n=12, seed=0, min_words=4)
+    assert len(texts) == 12 and all(repetition.repetition_ratio(t, 2) > 0 for t in texts)
+    res = repetition.repetition_features(lm, sae, texts, top=5)
+    assert len(res.ids) == 5 and res.n_first > 0 and res.n_repeat > 0
+    scores = [f.score for f in res.features]
+    assert scores == sorted(scores, reverse=True)
+    check = repetition.causal_check(lm, sae, res.ids[:2], ["Hi", "Tell me"], strengths=(-2.0, 0.0, 2.0), max_new_tokens=6)
+    assert len(check.repetition) == 3
+
+
+def test_monolinguality_and_alphas():
+    lm = tiny_lm()
+    sae = _sae(lm, 1)
+    res = language.monolinguality(lm, sae, {"en": SENTENCES[:4], "code": SENTENCES[4:]}, "en", top=3)
+    assert len(res.features) == 3 and res.scores == sorted(res.scores, reverse=True)
+    alphas = language.estimate_alphas(lm, sae, res.features, SENTENCES[4:])
+    cap = lm.capture(SENTENCES[4:], [1])
+    expected = sae.pre_acts(cap.valid(1, skip_first=True))[:, res.features].mean(0)
+    assert torch.allclose(alphas, expected, atol=1e-5)
+
+
+@needs_peft
+@pytest.mark.parametrize("guided", [False, True])
+def test_grpo_groups_and_step(guided):
+    from qscope.steer import Steering
+
+    lm = tiny_lm()
+    sae = _sae(lm, 2)
+    grpo.add_lora(lm, r=4)
+    steer = Steering.add(sae, {0: 3.0, 1: 3.0}) if guided else None
+    cfg = grpo.GRPOConfig(group_size=3, prompts_per_step=2, max_new_tokens=6, steer=steer, lr=1e-2)
+    batch = grpo.sample_groups(lm, ["Hello", "The cat"], cfg, seed=1)
+    for g in (0, 1):
+        group = [r for r in batch.rollouts if r.group == g]
+        assert len(group) == 3
+        assert sum(r.steered for r in group) == (1 if guided else 0)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters() if p.requires_grad}
+    reward = lambda prompt, text: float(len(text))  # noqa: E731  - varied rewards -> non-zero advantages
+    hist = grpo.train_grpo(lm, ["Hello", "The cat"], cfg, steps=1, reward_fn=reward)
+    assert hist[0]["n_steered"] == (2 if guided else 0)
+    after = dict(lm.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_group_advantages():
+    adv = grpo.group_advantages(torch.tensor([1.0, 3.0, 5.0, 5.0]), torch.tensor([0, 0, 1, 1]))
+    assert adv[0] < 0 < adv[1] and adv[2] == 0 and adv[3] == 0
+
+
+def test_cli_help():
+    import typer
+    from typer.testing import CliRunner
+
+    from qscope.cli import posttrain
+
+    app = typer.Typer()
+    posttrain.register(app)
+
+    @app.callback()
+    def _root():
+        pass
+
+    runner = CliRunner()
+    for args in (["posttrain", "sasft", "--help"], ["posttrain", "grpo", "--help"],
+                 ["posttrain", "features", "language", "--help"], ["posttrain", "features", "repetition", "--help"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0 and "Example: qscope posttrain" in res.output
+    res = runner.invoke(app, ["posttrain", "sasft", "/nonexistent/pairs.jsonl", "--features", "/nonexistent/f.json"])
+    assert res.exit_code != 0 and "no such file" in str(res.exception)
