@@ -306,6 +306,11 @@ def test_cli_overlap_redundancy_rank_from_footprints_file(tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["pairs"][0]["a_to_b"] == pytest.approx(0.5) and (out / "overlap.png").stat().st_size > 1000
+    uneven = tmp_path / "uneven.json"
+    save_footprints(uneven, [fps[0].subset(1), fps[1]])
+    r = runner.invoke(app, ["evals", "overlap", "-f", str(uneven), "--items", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_items"] == [1, 3]
     r = runner.invoke(app, ["evals", "redundancy", "-f", str(path), "--samples", "20", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     assert {c["benchmark"] for c in json.loads(r.stdout)["feature_based"]} == {"gsm8k", "math", "mbpp"}

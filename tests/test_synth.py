@@ -131,3 +131,49 @@ def test_endpoint_generator_against_fake_server(lm, sae, server):
         Endpoint("http://127.0.0.1:9/v1", "m", describe=str, timeout=2).generate(None, 1, 0)
     with pytest.raises(QScopeError, match="must start with http"):
         Endpoint("localhost:8000", "m", describe=str)
+
+
+def test_example_prompted_generation(lm, sae):
+    from qscope.datatools.synth import LocalPrompted, describe_by_examples, max_acts_of
+
+    pool = POS + NEG
+    describe = describe_by_examples(pool, max_acts_of(lm, sae, pool), n=2)
+    top = [line[2:] for line in describe(5).splitlines()]
+    assert len(top) == 2 and set(top) <= set(POS)  # the feature's top-activating texts, all 'cat' ones
+    assert describe(None).count("- ") == 2  # random examples for the baseline
+    with pytest.raises(QScopeError, match="fires on none"):
+        describe(6)
+    gen = LocalPrompted(lm, describe, max_new_tokens=4)
+    rows = gen.generate_batch([5, None, 5], seed=0)
+    assert len(rows) == 3 and rows[0]["prompt"] == rows[2]["prompt"] and top[0] in rows[0]["prompt"]
+    assert gen.name.startswith("local-prompted:")
+
+
+def test_cli_synth_coverage_and_generate(lm, sae, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from qscope.cli import synth as cli
+
+    model_dir, sae_dir = tmp_path / "model", tmp_path / "sae"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    sae.save(sae_dir)
+    (tmp_path / "seeds.txt").write_text("\n\n".join(NEG))
+    (tmp_path / "pool.txt").write_text("\n\n".join(POS))
+    app = typer.Typer()
+    cli.register(app)
+    common = ["--model", str(model_dir), "--sae", str(sae_dir), "--layer", "1"]
+    run = lambda *a: CliRunner().invoke(app, ["synth", *a])  # noqa: E731
+    out = run("coverage", "--texts", str(tmp_path / "seeds.txt"), "--targets", "5,6", *common, "--json")
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["uncovered_ids"] == [5, 6]
+    out = run("generate", "--seed-texts", str(tmp_path / "seeds.txt"), "--targets", "5", "--examples",
+              str(tmp_path / "pool.txt"), "--per-target", "2", "--max-new-tokens", "4", *common,
+              "--out", str(tmp_path / "s.jsonl"), "--json")
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert report["budget"] == 2 and report["random"]["generated"] == 2
+    assert (tmp_path / "s.jsonl.report.json").exists() and (tmp_path / "s.random.jsonl").exists()
+    bad = run("coverage", "--texts", str(tmp_path / "seeds.txt"), "--targets", "x,y", *common)
+    assert bad.exit_code != 0

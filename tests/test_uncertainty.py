@@ -141,6 +141,28 @@ def test_labelled_set_caches_and_resumes(lm, tmp_path, monkeypatch):
             type(items[0])("o", "Q?", "a", kind="code")], cfg, cache=False)
 
 
+def test_cloze_scoring_matches_a_manual_likelihood(lm):
+    from qscope.uncertainty.dataset import question_prompt
+
+    item = mc_item("c/0", "c", "The cat sat on the", ["mat.", "dog ran in the park."], 0)
+    assert question_prompt(item) == "Question: The cat sat on the\nAnswer:"
+    labelled = build_labelled_set(lm, [item], LabelConfig(mc_scoring="cloze"), cache=False).items[0]
+    tok = lm.tokenizer
+    q = tok(question_prompt(item))["input_ids"]
+    per_char = []
+    for choice in item.choices:
+        c = tok(" " + choice, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.model(torch.tensor([q + c])).logits[0].float(), -1)
+        total = sum(float(logp[len(q) - 1 + j, t]) for j, t in enumerate(c))
+        per_char.append(total / (len(choice) + 1))
+    assert labelled.choice_scores == pytest.approx(per_char, abs=1e-4)
+    assert labelled.prediction == "AB"[int(np.argmax(per_char))] and labelled.correct == (labelled.prediction == "A")
+    assert len(labelled.trace_p) == len(tok(" " + item.choices["AB".index(labelled.prediction)],
+                                            add_special_tokens=False)["input_ids"])
+    assert LabelConfig().key() == "f56a61aa"  # cache file names must not change under existing caches
+
+
 def test_analyse_end_to_end(tmp_path):
     data = _synthetic(n=80)
     sae = SAE.random(SAEConfig(d_model=24, d_sae=64, k=8), seed=0)

@@ -91,12 +91,18 @@ def _footprints(benchmarks, footprints_file, model, sae, layer, limit, seed, pos
 
 
 def _equalise(fps, items: Optional[int]):
-    """Footprints cut to equal item counts (footprint size and R_hat grow with |D|)."""
+    """Footprints cut to equal item counts (footprint size and R_hat grow with |D|); 0 = keep all."""
+    if items == 0:
+        return list(fps), None
     n = items or min(len(f.items) for f in fps)
     short = [f.benchmark for f in fps if len(f.items) < n]
     if short:
         raise QScopeError(f"--items {n}: {', '.join(short)} have fewer items")
     return [f.subset(n) for f in fps], n
+
+
+def _each(n: Optional[int]) -> str:
+    return f"{n} items each" if n else "all loaded items"
 
 
 def _out(out: Optional[Path]) -> Optional[Path]:
@@ -147,7 +153,7 @@ def footprint_cmd(
     """Feature footprints F(D): features active at the last token of each item, and their union.
 
     Per-item footprints are cached under QSCOPE_HOME/footprints, so reruns and interrupted runs resume.
-    Example: qscope evals footprint gsm8k math arc_easy --layer 15 --limit 300 --out docs/evals
+    Example: qscope evals footprint gsm8k math arc_easy --layer 15 --limit 300 --out runs/evals/L15
     """
     from ..evals.footprint import save_footprints
     from ..io import write_json
@@ -221,7 +227,7 @@ def redundancy_cmd(
     footprints: Optional[Path] = FootprintsOpt,
     accuracy: Optional[Path] = typer.Option(None, help="Folder of `qscope evals accuracy --out` results "
                                                        "(<model>/<benchmark>.json) for tau_n, R and Spearman(R, R_hat)."),
-    items: Optional[int] = typer.Option(None, help="Cut every benchmark to this many items (default: the smallest count)."),
+    items: Optional[int] = typer.Option(None, help="Cut every benchmark to this many items (default: the smallest count; 0: keep all)."),
     samples: int = typer.Option(200, help="Monte-Carlo permutations per benchmark."),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
@@ -234,7 +240,7 @@ def redundancy_cmd(
 ) -> None:
     """Feature-based redundancy R_hat (coverage curves); with --accuracy also tau_n, R and Spearman.
 
-    Example: qscope evals redundancy -f docs/evals/footprints.json --accuracy docs/evals/accuracy --out docs/evals
+    Example: qscope evals redundancy -f runs/evals/L15-60/L15/footprints.json --accuracy docs/evals/accuracy --out docs/evals
     """
     from ..evals.redundancy import coverage_curve, spearman_agreement
     from ..evals.report import coverage_plot, scatter_plot, tau_plot, write_result
@@ -257,7 +263,7 @@ def redundancy_cmd(
             result["agreement"] = spearman_agreement(r_hat, r)
     if _out(out):
         write_result(out / "redundancy.json", result)
-        coverage_plot(curves, out / "coverage.png", title=f"feature coverage, layer {fps[0].layer}, {n} items each")
+        coverage_plot(curves, out / "coverage.png", title=f"feature coverage, layer {fps[0].layer}, {_each(n)}")
         if perf:
             tau_plot(perf, out / "tau.png")
             scatter_plot({c.benchmark: c.r_hat for c in curves}, {p.benchmark: p.r for p in perf},
@@ -268,7 +274,7 @@ def redundancy_cmd(
         return
     perf_by = {p.benchmark: p for p in perf}
     table = Table("benchmark", "items", "|F(D)|", "R_hat", "n for 50%", "n for 90%", *(["R (tau)"] if perf else []),
-                  title=f"redundancy, {n} items per benchmark")
+                  title=f"redundancy, {_each(n)}")
     for c in sorted(curves, key=lambda c: -c.r_hat):
         p = perf_by.get(c.benchmark)
         table.add_row(c.benchmark, str(c.n_items), str(c.footprint_size), f"{c.r_hat:.3f}", str(c.items_for(0.5)),
@@ -308,7 +314,7 @@ def _performance(folder: Path, names: list[str], samples: int, seed: int):
 def overlap_cmd(
     benchmarks: List[str] = BenchArgs,
     footprints: Optional[Path] = FootprintsOpt,
-    items: Optional[int] = typer.Option(None, help="Cut every benchmark to this many items (default: the smallest count)."),
+    items: Optional[int] = typer.Option(None, help="Cut every benchmark to this many items (default: the smallest count; 0: keep all)."),
     pair: Optional[List[str]] = typer.Option(None, help="Report A->B and B->A for this pair, e.g. --pair gsm8k,math."),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
@@ -321,7 +327,7 @@ def overlap_cmd(
 ) -> None:
     """Asymmetric overlap |F(A) n F(B)| / |F(A)| and overlap_min between benchmarks (heatmap PNG with --out).
 
-    Example: qscope evals overlap -f docs/evals/footprints.json --pair gsm8k,math --out docs/evals
+    Example: qscope evals overlap -f runs/evals/L15-60/L15/footprints.json --pair gsm8k,math --out docs/evals
     """
     from ..evals.overlap import overlap_matrix
     from ..evals.report import overlap_heatmap, write_result
@@ -340,13 +346,13 @@ def overlap_cmd(
     result["pairs"] = pairs
     if _out(out):
         write_result(out / "overlap.json", result)
-        overlap_heatmap(res, out / "overlap.png", title=f"|F(A) ∩ F(B)| / |F(A)|, layer {fps[0].layer}, {n} items each")
+        overlap_heatmap(res, out / "overlap.png", title=f"|F(A) ∩ F(B)| / |F(A)|, layer {fps[0].layer}, {_each(n)}")
         overlap_heatmap(res, out / "overlap_min.png", kind="overlap_min")
         console.print(f"wrote {out / 'overlap.json'}, overlap.png, overlap_min.png")
     if json:
         emit_json(result)
         return
-    table = Table("A \\ B", *res.benchmarks, title=f"|F(A) ∩ F(B)| / |F(A)|, {n} items each")
+    table = Table("A \\ B", *res.benchmarks, title=f"|F(A) ∩ F(B)| / |F(A)|, {_each(n)}")
     for b, row in zip(res.benchmarks, res.overlap):
         table.add_row(b, *(f"{x:.2f}" for x in row))
     console.print(table)
@@ -361,7 +367,7 @@ def rank_cmd(
     suite: str = typer.Option(..., help="Comma-separated benchmarks of the current suite."),
     footprints: Optional[Path] = FootprintsOpt,
     unique: int = typer.Option(8, help="Unique features listed per candidate (vs the suite), with promoted tokens."),
-    items: Optional[int] = typer.Option(None, help="Cut every benchmark to this many items (default: the smallest count)."),
+    items: Optional[int] = typer.Option(None, help="Cut every benchmark to this many items (default: the smallest count; 0: keep all)."),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
@@ -373,7 +379,7 @@ def rank_cmd(
 ) -> None:
     """Rank candidate benchmarks by the share of their footprint the suite does not cover (most novel first).
 
-    Example: qscope evals rank humaneval truthfulqa --suite mmlu,gsm8k,arc_easy -f docs/evals/footprints.json
+    Example: qscope evals rank humaneval truthfulqa --suite mmlu,gsm8k,arc_easy -f runs/evals/L15-60/L15/footprints.json
     """
     from ..evals.overlap import rank_candidates, unique_features
     from ..evals.report import write_result
@@ -414,6 +420,7 @@ def accuracy_cmd(
     max_new_tokens: int = typer.Option(24, help="Generation length for open answers."),
     mc_method: str = typer.Option("text", help="Multiple choice: 'text' (likelihood of each choice's text per "
                                                "character) or 'letter' (likeliest choice letter)."),
+    chat: bool = typer.Option(False, help="Open/math answers: wrap the prompt in the model's chat template."),
     template: Optional[str] = TemplateOpt,
     answer_field: Optional[str] = AnswerFieldOpt,
     choices_field: Optional[str] = ChoicesFieldOpt,
@@ -436,7 +443,7 @@ def accuracy_cmd(
     item_sets = [(_bench_name(b), _items(b, limit, seed, template, answer_field, choices_field)) for b in benchmarks]
     with console.status("loading model"):
         lm = load_model(model, device=device, dtype=dtype)
-    cfg = AccuracyConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, mc_method=mc_method)
+    cfg = AccuracyConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, mc_method=mc_method, chat=chat)
     results = []
     with _progress() as bar:
         for name, its in item_sets:

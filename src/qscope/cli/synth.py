@@ -99,6 +99,8 @@ def generate_cmd(
     per_target: int = typer.Option(4, help="Candidates generated per uncovered target (the budget)."),
     strength: float = typer.Option(8.0, help="Local steering strength added along the target's decoder direction."),
     max_new_tokens: int = typer.Option(40, help="Tokens per local candidate."),
+    examples: Optional[str] = typer.Option(None, help="Describe each target by its top-activating texts from this pool "
+                                                      "and prompt with them (instead of steering); random = random texts."),
     endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of the local model."),
     endpoint_model: str = typer.Option("gpt-4o-mini", help="Model name sent to the endpoint."),
     template: Optional[str] = typer.Option(None, help="Endpoint prompt with {description} (default: a user-request template)."),
@@ -117,15 +119,25 @@ def generate_cmd(
     generator without a target, at the same number of generations.
 
     Example: qscope synth generate --layer 15 --seed-texts seeds.jsonl --targets targets.txt --out synth.jsonl
+    Example: qscope synth generate --layer 15 --seed-texts seeds.jsonl --targets 1,2 --examples pool.jsonl --out s.jsonl
     Example: qscope synth generate --layer 15 --seed-texts seeds.jsonl --targets 1,2 --endpoint http://localhost:8000/v1 --out s.jsonl
     """
-    from ..datatools.synth import ENDPOINT_TEMPLATE, Endpoint, LocalSteered, compare, describe_by_tokens, write_jsonl
+    from ..datatools.synth import (ENDPOINT_TEMPLATE, EXAMPLES_TEMPLATE, Endpoint, LocalPrompted, LocalSteered, compare,
+                                   describe_by_examples, describe_by_tokens, max_acts_of, write_jsonl)
     from ..io import write_json
 
     lm, sae_ = load_pair(model, sae, layer, device)
     ids = _targets(lm, sae_, targets, contrast_pos, contrast_neg, n_targets, limit)
+    describe = None
+    if examples:
+        pool = read_texts(examples, limit)
+        with console.status("encoding the example pool"):
+            describe = describe_by_examples(pool, max_acts_of(lm, sae_, pool), seed=seed)
     if endpoint:
-        gen = Endpoint(endpoint, endpoint_model, describe_by_tokens(lm, sae_), template or ENDPOINT_TEMPLATE)
+        gen = Endpoint(endpoint, endpoint_model, describe or describe_by_tokens(lm, sae_),
+                       template or (EXAMPLES_TEMPLATE if describe else ENDPOINT_TEMPLATE), describe_untargeted=bool(describe))
+    elif describe:
+        gen = LocalPrompted(lm, describe, template or EXAMPLES_TEMPLATE, max_new_tokens=max_new_tokens)
     else:
         gen = LocalSteered(lm, sae_, strength=strength, max_new_tokens=max_new_tokens)
     seeds = read_texts(seed_texts, limit)

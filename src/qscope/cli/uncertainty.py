@@ -29,6 +29,7 @@ McScoringOpt = typer.Option("letter", help="Multiple choice: 'letter' (log-likel
                                           "small models are usually scored with).")
 McTraceOpt = typer.Option(0, help="Letter scoring: tokens generated after the prompt for the uncertainty trace.")
 NewTokensOpt = typer.Option(24, help="Open answers: tokens generated (the first line is graded).")
+ChatOpt = typer.Option(False, help="Wrap prompts in the model's chat template (letter scoring and open answers).")
 
 
 def _parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
@@ -47,7 +48,7 @@ def _parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
 
 
 def _label(benchmark: str, limit: int, split: str | None, seed: int, model: str, device: str | None, mc_scoring: str,
-           mc_trace: int, new_tokens: int):
+           mc_trace: int, new_tokens: int, chat: bool):
     from rich.progress import Progress
 
     from ..evals.benchmarks import load_benchmark
@@ -59,7 +60,7 @@ def _label(benchmark: str, limit: int, split: str | None, seed: int, model: str,
         lm = load_model(model, device=device)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"labelling {benchmark}", total=len(items))
-        cfg = LabelConfig(max_new_tokens=new_tokens, mc_scoring=mc_scoring, mc_trace_tokens=mc_trace)
+        cfg = LabelConfig(max_new_tokens=new_tokens, mc_scoring=mc_scoring, mc_trace_tokens=mc_trace, chat=chat)
         data = build_labelled_set(lm, items, cfg, benchmark=benchmark,
                                   progress=lambda n: bar.advance(task, n))
     return lm, data
@@ -75,6 +76,7 @@ def label_cmd(
     mc_scoring: str = McScoringOpt,
     mc_trace_tokens: int = McTraceOpt,
     max_new_tokens: int = NewTokensOpt,
+    chat: bool = ChatOpt,
     device: DeviceOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -84,7 +86,7 @@ def label_cmd(
 
     Example: qscope uncertainty label arc_easy --limit 300 --mc-scoring cloze
     """
-    _, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens)
+    _, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens, chat)
     info = {"benchmark": benchmark, "model": data.model, "n_items": len(data.items), "n_correct": int(data.labels.sum()),
             "accuracy": round(data.accuracy, 4), "kind": data.items[0].kind}
     if json:
@@ -108,6 +110,7 @@ def report_cmd(
     mc_scoring: str = McScoringOpt,
     mc_trace_tokens: int = McTraceOpt,
     max_new_tokens: int = NewTokensOpt,
+    chat: bool = ChatOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for <name>.json and the PNGs."),
     name: Optional[str] = typer.Option(None, help="File name stem inside --out (default: the benchmark)."),
     all_layers: bool = typer.Option(False, help="Show every probe layer in the table (default: SAE layers + best)."),
@@ -122,7 +125,7 @@ def report_cmd(
     from ..sae import SAE
     from ..uncertainty import analyse, summary_rows, write_report
 
-    lm, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens)
+    lm, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens, chat)
     saes = {}
     if sae.lower() != "none":
         with console.status("loading SAEs"):

@@ -189,6 +189,61 @@ class LocalSteered:
         return out
 
 
+EXAMPLES_TEMPLATE = ("Here are some messages that users sent to an AI assistant:\n{description}\n"
+                     "Write one new message in the same spirit. Reply with the message only.")
+
+
+def describe_by_examples(texts: Sequence[str], max_acts, n: int = 3, seed: int = 0) -> Callable[[int | None], str]:
+    """Feature -> its n top-activating texts as a bullet list (the feature's "explanation" by
+    example); None -> n texts drawn at random from the same pool (the random baseline)."""
+    rng = np.random.default_rng(seed)
+    acts = max_acts.tocsc()
+
+    def bullets(rows) -> str:
+        return "\n".join("- " + texts[int(i)].strip().replace("\n", " ")[:300] for i in rows)
+
+    def describe(feature: int | None) -> str:
+        if feature is None:
+            return bullets(rng.choice(len(texts), size=min(n, len(texts)), replace=False))
+        col = acts[:, feature].toarray().ravel()
+        top = [i for i in np.argsort(-col, kind="stable")[:n] if col[i] > 0]
+        if not top:
+            raise QScopeError(f"feature {feature} fires on none of the example texts; give other examples or use steering")
+        return bullets(top)
+
+    return describe
+
+
+@dataclass
+class LocalPrompted:
+    """The local model, sampling from a prompt built from the feature's description (e.g. its
+    top-activating examples); `target=None` describes no feature (random baseline)."""
+
+    lm: object
+    describe: Callable[[int | None], str]
+    template: str = EXAMPLES_TEMPLATE
+    max_new_tokens: int = 40
+    temperature: float = 1.0
+    batch: int = 64
+
+    @property
+    def name(self) -> str:
+        return f"local-prompted:{self.lm.name}"
+
+    def generate(self, target: int | None, n: int, seed: int) -> list[dict]:
+        return self.generate_batch([target] * n, seed)
+
+    def generate_batch(self, targets: Sequence[int | None], seed: int) -> list[dict]:
+        out: list[dict] = []
+        for start in range(0, len(targets), self.batch):
+            rows = list(targets[start:start + self.batch])
+            prompts = [self.template.format(description=self.describe(t)) for t in rows]
+            texts = self.lm.generate(prompts, max_new_tokens=self.max_new_tokens, chat=True, do_sample=True,
+                                     temperature=self.temperature, seed=seed + start)
+            out += [{"text": t.strip(), "prompt": p, "seed": seed + start} for p, t in zip(prompts, texts)]
+        return out
+
+
 def describe_by_tokens(lm, sae, n: int = 10) -> Callable[[int], str]:
     """Feature -> text description from the tokens its decoder direction promotes."""
     from ..features.logits import token_effects
@@ -212,6 +267,7 @@ class Endpoint:
     temperature: float = 1.0
     max_tokens: int = 80
     timeout: float = 60.0
+    describe_untargeted: bool = False  # True: describe(None) gives the random-baseline description
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -243,7 +299,7 @@ class Endpoint:
             raise QScopeError(f"{url}: reply is not an OpenAI chat completion (no choices[0].message.content)") from None
 
     def generate(self, target: int | None, n: int, seed: int) -> list[dict]:
-        description = UNTARGETED_DESCRIPTION if target is None else self.describe(target)
+        description = self.describe(target) if target is not None or self.describe_untargeted else UNTARGETED_DESCRIPTION
         prompt = self.template.format(description=description)
         return [{"text": self._complete(prompt, seed + i).strip(), "prompt": prompt, "seed": seed + i} for i in range(n)]
 

@@ -36,6 +36,7 @@ class AccuracyConfig:
     max_new_tokens: int = 24  # open answers
     max_new_tokens_math: int = 256
     mc_method: str = "text"  # "text" (choice likelihood per character) or "letter"
+    chat: bool = False  # wrap generation prompts in the chat template (instruct models answer better)
 
     def __post_init__(self) -> None:
         if self.mc_method not in ("text", "letter"):
@@ -214,7 +215,7 @@ def _predict(lm, items: Sequence[BenchItem], cfg: AccuracyConfig) -> list[str]:
         pick = choose_texts if cfg.mc_method == "text" else choose_letters
         return pick(lm, items, cfg.max_length)
     new = cfg.max_new_tokens_math if items[0].kind == "math" else cfg.max_new_tokens
-    out = lm.generate([it.prompt for it in items], max_new_tokens=new)
+    out = lm.generate([it.prompt for it in items], max_new_tokens=new, chat=cfg.chat)
     return [o if items[0].kind == "math" else first_line(o) for o in out]
 
 
@@ -243,7 +244,7 @@ def evaluate(lm, items: Sequence[BenchItem], config: AccuracyConfig | None = Non
     path = None
     if cache is not False:
         root = home_dir("accuracy") if cache is True else Path(cache)
-        method = f".{cfg.mc_method}" if items[0].kind == "mc" else ""
+        method = f".{cfg.mc_method}" if items[0].kind == "mc" else (".chat" if cfg.chat else "")
         path = root / _slug(lm.name) / f"{_slug(benchmark)}{method}.jsonl"
     keys = [(it.id, _hash(it.prompt)) for it in items]
     found: dict[tuple[str, str], tuple[str, int]] = {}

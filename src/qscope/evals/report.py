@@ -22,6 +22,14 @@ def _plt():
     return plt
 
 
+def _color(i: int):
+    return _plt().cm.tab10(i % 10)
+
+
+def _style(i: int) -> str:
+    return ("-", "--", ":")[(i // 10) % 3]  # more than ten lines: colours repeat, dashes tell them apart
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -56,9 +64,9 @@ def coverage_plot(curves: Sequence[CoverageCurve], path: str | Path, title: str 
     """Coverage c_n against the fraction n/|D| of items, one line per benchmark, R_hat in the legend."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for c in sorted(curves, key=lambda c: -c.r_hat):
+    for i, c in enumerate(sorted(curves, key=lambda c: -c.r_hat)):
         x = [n / c.n_items for n in range(1, c.n_items + 1)]
-        ax.plot(x, c.coverage, lw=1.4, label=f"{c.benchmark}  R̂={c.r_hat:.3f}")
+        ax.plot(x, c.coverage, lw=1.4, color=_color(i), ls=_style(i), label=f"{c.benchmark}  R̂={c.r_hat:.3f}")
     ax.set_xlabel("subset size n / |D|")
     ax.set_ylabel("c_n = E|F(S)| / |F(D)|")
     ax.set_ylim(0, 1.01)
@@ -72,9 +80,9 @@ def tau_plot(results: Sequence[PerformanceRedundancy], path: str | Path, title: 
     """tau_n against n/|D| per benchmark (how well n items rank the models as all items do)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for r in sorted(results, key=lambda r: -r.r):
+    for i, r in enumerate(sorted(results, key=lambda r: -r.r)):
         x = [n / r.n_items for n in range(1, r.n_items + 1)]
-        ax.plot(x, r.tau, lw=1.4, label=f"{r.benchmark}  R={r.r:.3f}")
+        ax.plot(x, r.tau, lw=1.4, color=_color(i), ls=_style(i), label=f"{r.benchmark}  R={r.r:.3f}")
     ax.set_xlabel("subset size n / |D|")
     ax.set_ylabel("tau_n = E Kendall tau(acc_S, acc_D)")
     ax.set_ylim(-1.01, 1.01)

@@ -42,13 +42,19 @@ class LabelConfig:
     max_new_tokens: int = 24  # generated answer (open); the trace covers its first line
     mc_scoring: str = "letter"  # multiple choice: "letter" (lettered prompt) or "cloze" (choice texts)
     mc_trace_tokens: int = 0  # letter scoring: tokens generated only for the trace (0: none)
+    chat: bool = False  # wrap prompts in the model's chat template (letter and open answers)
 
     def __post_init__(self) -> None:
         if self.mc_scoring not in MC_SCORING:
             raise QScopeError(f"mc_scoring must be one of {MC_SCORING}, got {self.mc_scoring!r}")
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        """Short hash naming the cache file; fields added later enter it only when not at their
+        default, so existing caches keep their names."""
+        d = asdict(self)
+        if not d["chat"]:
+            del d["chat"]
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
 @dataclass
@@ -227,8 +233,9 @@ def label_batch(lm, items: Sequence[BenchItem], cfg: LabelConfig) -> list[Labell
     kind = items[0].kind
     if kind == "mc" and cfg.mc_scoring == "cloze":
         return label_cloze(lm, items, cfg)
+    prompts = [lm.chat_prompt(it.prompt) if cfg.chat else it.prompt for it in items]
     with left_truncation(lm):
-        enc = lm.tokenize([it.prompt for it in items], max_length=cfg.max_length, padding_side="left")
+        enc = lm.tokenize(prompts, max_length=cfg.max_length, padding_side="left")
     new = cfg.max_new_tokens if kind != "mc" else max(1, cfg.mc_trace_tokens)
     with _prefill_recorder(lm.layers) as resid:
         out = lm.model.generate(**enc, max_new_tokens=new, do_sample=False, output_logits=True,
