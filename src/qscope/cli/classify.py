@@ -156,6 +156,7 @@ def run_cmd(
     limit: int = typer.Option(100, help="At most this many texts from --texts."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the one saved in the classifier)."),
     sae: Optional[str] = typer.Option(None, "--sae", "-s", help="SAE source (default: the one saved in the classifier)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the labels as JSON here."),
     device: DeviceOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -176,6 +177,10 @@ def run_cmd(
         fired = clf.fired(encode_examples(lm, saes, items, clf.meta.get("max_length", 128)))
     rows = [{"text": t, "label": bool(f.any()), "fired": [[c.layer, c.feature] for c, on in zip(clf.features, f) if on]}
             for t, f in zip(items, fired)]
+    if out:
+        from ..io import write_json
+
+        write_json(out, rows)
     if json:
         emit_json(rows)
         return

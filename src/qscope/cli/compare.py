@@ -48,7 +48,7 @@ def compare_cmd(
     """Compare two SAEs: decoder/encoder MMCS, Hungarian matching with the fraction shared at
     cos > 0.5/0.7/0.9, activation-correlation matching on shared tokens, orphan features.
 
-    Example: qscope compare default runs/sae-seed1/layer15 --layer 15 --out docs/compare
+    Example: qscope compare default experiments/saes/smollm2-layer15-seed1 --layer 15 --out docs/compare
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

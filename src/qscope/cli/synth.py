@@ -97,7 +97,7 @@ def generate_cmd(
     n_targets: int = NOpt,
     limit: int = typer.Option(1000, help="At most this many texts per input."),
     per_target: int = typer.Option(4, help="Candidates generated per uncovered target (the budget)."),
-    strength: float = typer.Option(8.0, help="Local steering strength added along the target's decoder direction."),
+    strength: float = typer.Option(60.0, help="Local steering strength: multiple of the target's decoder direction added at every position."),
     max_new_tokens: int = typer.Option(40, help="Tokens per local candidate."),
     examples: Optional[str] = typer.Option(None, help="Describe each target by its top-activating texts from this pool "
                                                       "and prompt with them (instead of steering); random = random texts."),

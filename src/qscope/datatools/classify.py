@@ -267,6 +267,7 @@ def plot_efficiency(reports: Sequence[TaskReport], path: str | Path, k: int | No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
     curves = []
     for rep in reports:
         kk = k or rep.chosen_k
