@@ -11,8 +11,17 @@ import torch
 
 from qscope import SAE, SAEConfig
 from qscope.datatools.cache import CodeCache, Codes, encode_examples
-from qscope.datatools.classify import (FeatureClassifier, SelectedFeature, binary_scores, choose_layer, delta_scores,
-                                       discover, evaluate, multi_layer, top1_diff)
+from qscope.datatools.classify import (
+    FeatureClassifier,
+    SelectedFeature,
+    binary_scores,
+    choose_layer,
+    delta_scores,
+    discover,
+    evaluate,
+    multi_layer,
+    top1_diff,
+)
 from qscope.datatools.labelled import from_texts, split_binary
 from qscope.datatools.scale import classify_stream
 from qscope.errors import QScopeError
@@ -174,7 +183,9 @@ def test_ray_actor_pool_matches_streaming(lm, saes, tmp_path):
     classify_stream(lm, saes, clf, texts, tmp_path / "s.jsonl", chunk=4)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        result = classify_ray(functools.partial(given, lm, saes), clf, texts, tmp_path / "r.jsonl", actors=1, batch_size=2)
+        result = classify_ray(
+            functools.partial(given, lm, saes), clf, texts, tmp_path / "r.jsonl", actors=1, batch_size=2
+        )
     finally:
         ray.shutdown()
     assert result.texts == 16 and result.positives == 8
@@ -197,15 +208,39 @@ def test_cli_discover_run_corpus(lm, saes, tmp_path):
     cli.register(app)
     common = ["--model", str(model_dir), "--sae", str(sae_dir)]
     run = lambda *args: CliRunner().invoke(app, ["classify", *args])  # noqa: E731
-    out = run("discover", "--pos", str(tmp_path / "pos.txt"), "--neg", str(tmp_path / "neg.txt"), *common,
-              "--layers", "1", "-k", "1", "--out", str(tmp_path / "clf.json"), "--cache", str(tmp_path / "cache"), "--json")
+    out = run(
+        "discover",
+        "--pos",
+        str(tmp_path / "pos.txt"),
+        "--neg",
+        str(tmp_path / "neg.txt"),
+        *common,
+        "--layers",
+        "1",
+        "-k",
+        "1",
+        "--out",
+        str(tmp_path / "clf.json"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--json",
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["features"][0]["feature"] == 5
     out = run("run", "-c", str(tmp_path / "clf.json"), *common, "--json", "My cat is here.", "A dog barks.")
     assert out.exit_code == 0, out.output
     assert [r["label"] for r in json.loads(out.stdout)] == [True, False]
-    out = run("corpus", "-c", str(tmp_path / "clf.json"), *common, "--texts", str(tmp_path / "pos.txt"),
-              "--out", str(tmp_path / "o.jsonl"), "--json")
+    out = run(
+        "corpus",
+        "-c",
+        str(tmp_path / "clf.json"),
+        *common,
+        "--texts",
+        str(tmp_path / "pos.txt"),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--json",
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["positives"] == 4
     assert "Example" in run("eval", "--help").stdout

@@ -10,8 +10,15 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from qscope.datatools.synth import (Endpoint, LocalSteered, compare, coverage, coverage_from_acts, synthesize,
-                                    write_jsonl)
+from qscope.datatools.synth import (
+    Endpoint,
+    LocalSteered,
+    compare,
+    coverage,
+    coverage_from_acts,
+    synthesize,
+    write_jsonl,
+)
 from qscope.errors import QScopeError
 from test_classify import NEG, POS, planted_sae
 from tiny import tiny_lm
@@ -67,8 +74,13 @@ def test_compare_reports_coverage_at_equal_budget(lm, sae, tmp_path):
     assert len(synth) == 6 and len(rand) == 6  # same number of generations
     assert report.feature_driven["newly_covered"] == [5] and report.feature_driven["coverage_total"] == 0.5
     assert report.random["newly_covered"] == [] and report.random["coverage_of_uncovered"] == 0.0
-    assert report.per_feature[0] == {"feature": 5, "kept": 3, "tried": 3, "max_activation": max(c.activation for c in synth),
-                                     "random_hits": 0}
+    assert report.per_feature[0] == {
+        "feature": 5,
+        "kept": 3,
+        "tried": 3,
+        "max_activation": max(c.activation for c in synth),
+        "random_hits": 0,
+    }
     n = write_jsonl(synth, tmp_path / "s.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert n == 3 and {r["target"] for r in rows} == {5}
@@ -168,9 +180,23 @@ def test_cli_synth_coverage_and_generate(lm, sae, tmp_path):
     out = run("coverage", "--texts", str(tmp_path / "seeds.txt"), "--targets", "5,6", *common, "--json")
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["uncovered_ids"] == [5, 6]
-    out = run("generate", "--seed-texts", str(tmp_path / "seeds.txt"), "--targets", "5", "--examples",
-              str(tmp_path / "pool.txt"), "--per-target", "2", "--max-new-tokens", "4", *common,
-              "--out", str(tmp_path / "s.jsonl"), "--json")
+    out = run(
+        "generate",
+        "--seed-texts",
+        str(tmp_path / "seeds.txt"),
+        "--targets",
+        "5",
+        "--examples",
+        str(tmp_path / "pool.txt"),
+        "--per-target",
+        "2",
+        "--max-new-tokens",
+        "4",
+        *common,
+        "--out",
+        str(tmp_path / "s.jsonl"),
+        "--json",
+    )
     assert out.exit_code == 0, out.output
     report = json.loads(out.stdout)
     assert report["budget"] == 2 and report["random"]["generated"] == 2

@@ -13,7 +13,9 @@ from .common import DeviceOpt, JsonOpt, ModelOpt, SaeOpt, console, emit_json, re
 
 app = typer.Typer(help="Classify texts with SAE features (top-K OR rule, no trained head).", no_args_is_help=True)
 
-LayersOpt = typer.Option(None, "--layers", help="Comma-separated layers, e.g. 6,15,24 (default: every shipped SAE layer).")
+LayersOpt = typer.Option(
+    None, "--layers", help="Comma-separated layers, e.g. 6,15,24 (default: every shipped SAE layer)."
+)
 
 
 def register(root: typer.Typer) -> None:
@@ -50,8 +52,14 @@ def load_model_and_saes(model: str, sae: str, layers: list[int] | None, device: 
 def _bar():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def _task(name: str | None, pos: str | None, neg: str | None, n_discovery: int, n_test: int, seed: int):
@@ -75,8 +83,11 @@ def _cache(lm, saes, cache_dir: str | None, max_length: int, keep_residuals: boo
     return CodeCache(lm, saes, cache_dir, max_length=max_length, residuals=store)
 
 
-ResidualsOpt = typer.Option(False, "--keep-residuals", help="Also cache per-token residuals (fp16, SAE-independent; "
-                                                             "re-evaluating other SAEs then needs no forward).")
+ResidualsOpt = typer.Option(
+    False,
+    "--keep-residuals",
+    help="Also cache per-token residuals (fp16, SAE-independent; re-evaluating other SAEs then needs no forward).",
+)
 
 
 @app.command("tasks")
@@ -135,16 +146,32 @@ def discover_cmd(
         if layer is not None and layer not in saes:
             raise QScopeError(f"--layer {layer} is not among the loaded layers {sorted(saes)}")
         chosen = layer if layer is not None else choose_layer(codes, y)
-        clf = discover(codes, y, chosen, k, dict(meta, top1_diff={str(l): f.delta for l, f in top1_diff(codes, y).items()}))
+        clf = discover(
+            codes, y, chosen, k, dict(meta, top1_diff={str(l): f.delta for l, f in top1_diff(codes, y).items()})
+        )
     clf.save(out)
     if json:
         emit_json(clf)
         return
-    table = Table("layer", "feature", "delta", "P(fire|pos)", "P(fire|neg)", "promotes", title=f"{t.name}: OR of {len(clf.features)} features -> {out}")
+    table = Table(
+        "layer",
+        "feature",
+        "delta",
+        "P(fire|pos)",
+        "P(fire|neg)",
+        "promotes",
+        title=f"{t.name}: OR of {len(clf.features)} features -> {out}",
+    )
     for f in clf.features:
         effect = token_effects(lm, saes[f.layer], [f.feature], n=5)[0]
-        table.add_row(str(f.layer), str(f.feature), f"{f.delta:.3f}", f"{f.p_pos:.3f}", f"{f.p_neg:.3f}",
-                      " ".join(repr(s) for s, _ in effect.promoted))
+        table.add_row(
+            str(f.layer),
+            str(f.feature),
+            f"{f.delta:.3f}",
+            f"{f.p_pos:.3f}",
+            f"{f.p_neg:.3f}",
+            " ".join(repr(s) for s, _ in effect.promoted),
+        )
     console.print(table)
 
 
@@ -154,8 +181,12 @@ def run_cmd(
     texts: List[str] = typer.Argument(None, help="Texts to classify (or use --texts)."),
     source: Optional[str] = typer.Option(None, "--texts", help="A file, folder or corpus name of texts."),
     limit: int = typer.Option(100, help="At most this many texts from --texts."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the one saved in the classifier)."),
-    sae: Optional[str] = typer.Option(None, "--sae", "-s", help="SAE source (default: the one saved in the classifier)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model (default: the one saved in the classifier)."
+    ),
+    sae: Optional[str] = typer.Option(
+        None, "--sae", "-s", help="SAE source (default: the one saved in the classifier)."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the labels as JSON here."),
     device: DeviceOpt = None,
     json: JsonOpt = False,
@@ -171,12 +202,15 @@ def run_cmd(
     items = list(texts or []) + (read_texts(source, limit) if source else [])
     if not items:
         raise QScopeError("no texts: pass them as arguments or with --texts")
-    lm, saes = load_model_and_saes(model or clf.meta.get("model", "default"), sae or clf.meta.get("sae", "default"),
-                                   clf.layers, device)
+    lm, saes = load_model_and_saes(
+        model or clf.meta.get("model", "default"), sae or clf.meta.get("sae", "default"), clf.layers, device
+    )
     with console.status("encoding"):
         fired = clf.fired(encode_examples(lm, saes, items, clf.meta.get("max_length", 128)))
-    rows = [{"text": t, "label": bool(f.any()), "fired": [[c.layer, c.feature] for c, on in zip(clf.features, f) if on]}
-            for t, f in zip(items, fired)]
+    rows = [
+        {"text": t, "label": bool(f.any()), "fired": [[c.layer, c.feature] for c, on in zip(clf.features, f) if on]}
+        for t, f in zip(items, fired)
+    ]
     if out:
         from ..io import write_json
 
@@ -186,8 +220,11 @@ def run_cmd(
         return
     table = Table("label", "fired (layer:feature)", "text")
     for r in rows:
-        table.add_row("[red]positive[/]" if r["label"] else "negative", " ".join(f"{l}:{f}" for l, f in r["fired"]),
-                      r["text"][:80].replace("\n", " "))
+        table.add_row(
+            "[red]positive[/]" if r["label"] else "negative",
+            " ".join(f"{l}:{f}" for l, f in r["fired"]),
+            r["text"][:80].replace("\n", " "),
+        )
     console.print(table)
 
 
@@ -196,7 +233,9 @@ def eval_cmd(
     task: List[str] = typer.Option(None, "--task", "-t", help="Built-in task(s); repeat the option. Default: all."),
     pos: Optional[str] = typer.Option(None, help="Instead of --task: positive texts."),
     neg: Optional[str] = typer.Option(None, help="Instead of --task: negative texts."),
-    out: Path = typer.Option(Path("classify-eval"), "--out", "-o", help="Folder for <task>.json, summary.json, efficiency.png."),
+    out: Path = typer.Option(
+        Path("classify-eval"), "--out", "-o", help="Folder for <task>.json, summary.json, efficiency.png."
+    ),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layers: Optional[str] = LayersOpt,
@@ -233,14 +272,27 @@ def eval_cmd(
         t = _task(name, pos, neg, n_discovery, n_test, seed)
         with _bar() as bar:
             job = bar.add_task(f"{t.name}: encoding", total=len(cache.missing(t.all_texts())))
-            rep = evaluate_task(t, cache, ks=k_list, seeds=seeds, encoded=lambda n: bar.advance(job, n),
-                                progress=lambda what: bar.update(job, description=f"{t.name}: {what}"))
+            rep = evaluate_task(
+                t,
+                cache,
+                ks=k_list,
+                seeds=seeds,
+                encoded=lambda n: bar.advance(job, n),
+                progress=lambda what: bar.update(job, description=f"{t.name}: {what}"),
+            )
         write_json(out / f"{t.name}.json", dict(rep.to_dict(), data=t.to_dict()))
         reports.append(rep)
         if not json:
             _print_report(rep)
-    summary = {r.task: {"chosen_layer": r.chosen_layer, "chosen_k": r.chosen_k, "top1_diff": {l: v["delta"] for l, v in r.top1_diff.items()},
-                        **r.headline()} for r in reports}
+    summary = {
+        r.task: {
+            "chosen_layer": r.chosen_layer,
+            "chosen_k": r.chosen_k,
+            "top1_diff": {l: v["delta"] for l, v in r.top1_diff.items()},
+            **r.headline(),
+        }
+        for r in reports
+    }
     write_json(out / "summary.json", summary)
     plot_efficiency(reports, out / "efficiency.png")
     if json:
@@ -251,14 +303,25 @@ def eval_cmd(
 
 def _print_report(rep) -> None:
     for split in rep.n_test:
-        table = Table("layer", "d(l)", *[f"K={k}" for k in rep.ks], "raw probe", "SAE probe",
-                      title=f"{rep.task} [{split}]: test F1 (chosen layer {rep.chosen_layer}, K={rep.chosen_k})")
+        table = Table(
+            "layer",
+            "d(l)",
+            *[f"K={k}" for k in rep.ks],
+            "raw probe",
+            "SAE probe",
+            title=f"{rep.task} [{split}]: test F1 (chosen layer {rep.chosen_layer}, K={rep.chosen_k})",
+        )
         for l in rep.layers:
             f1 = {r["k"]: r["f1"] for r in rep.grid if r["split"] == split and r["layer"] == l}
             base = {b["kind"]: b["f1"] for b in rep.baselines if b["split"] == split and b["layer"] == l}
             mark = "*" if l == rep.chosen_layer else ""
-            table.add_row(f"{l}{mark}", f"{rep.top1_diff[l]['delta']:.3f}", *[f"{f1[k]:.3f}" for k in rep.ks],
-                          f"{base.get('raw-probe', float('nan')):.3f}", f"{base.get('sae-probe', float('nan')):.3f}")
+            table.add_row(
+                f"{l}{mark}",
+                f"{rep.top1_diff[l]['delta']:.3f}",
+                *[f"{f1[k]:.3f}" for k in rep.ks],
+                f"{base.get('raw-probe', float('nan')):.3f}",
+                f"{base.get('sae-probe', float('nan')):.3f}",
+            )
         console.print(table)
 
 
@@ -267,8 +330,12 @@ def corpus_cmd(
     classifier: Path = typer.Option(..., "--classifier", "-c", help="Classifier JSON from `classify discover`."),
     source: str = typer.Option(..., "--texts", help="A file, folder or corpus name (read lazily)."),
     out: Path = typer.Option(..., "--out", "-o", help="JSONL with index, label, fired per text."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the one saved in the classifier)."),
-    sae: Optional[str] = typer.Option(None, "--sae", "-s", help="SAE source (default: the one saved in the classifier)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model (default: the one saved in the classifier)."
+    ),
+    sae: Optional[str] = typer.Option(
+        None, "--sae", "-s", help="SAE source (default: the one saved in the classifier)."
+    ),
     limit: Optional[int] = typer.Option(None, help="Stop after this many texts."),
     keep_text: bool = typer.Option(False, help="Copy each text into its output line."),
     ray: bool = typer.Option(False, "--ray", help="Use a Ray Data actor pool (not resumable)."),
@@ -293,14 +360,37 @@ def corpus_cmd(
         job = bar.add_task("classifying", total=limit)
         tick = lambda n: bar.advance(job, n)  # noqa: E731
         if ray:
-            result = classify_ray(default_loader(model_, sae_, clf.layers), clf, iter_texts(source), out, actors=actors,
-                                  batch_size=batch_size, max_length=max_length, keep_text=keep_text, progress=tick, limit=limit)
+            result = classify_ray(
+                default_loader(model_, sae_, clf.layers),
+                clf,
+                iter_texts(source),
+                out,
+                actors=actors,
+                batch_size=batch_size,
+                max_length=max_length,
+                keep_text=keep_text,
+                progress=tick,
+                limit=limit,
+            )
         else:
             lm, saes = load_model_and_saes(model_, sae_, clf.layers, device)
-            result = classify_stream(lm, saes, clf, iter_texts(source), out, batch_size=batch_size, max_length=max_length,
-                                     keep_text=keep_text, progress=tick, limit=limit)
+            result = classify_stream(
+                lm,
+                saes,
+                clf,
+                iter_texts(source),
+                out,
+                batch_size=batch_size,
+                max_length=max_length,
+                keep_text=keep_text,
+                progress=tick,
+                limit=limit,
+            )
     if json:
         emit_json(result)
         return
-    console.print(f"{result.texts:,} texts ({result.positives:,} positive) -> {out}"
-                  + (f" (resumed at {result.resumed_from:,})" if result.resumed_from else "") + f", {result.seconds:.0f}s")
+    console.print(
+        f"{result.texts:,} texts ({result.positives:,} positive) -> {out}"
+        + (f" (resumed at {result.resumed_from:,})" if result.resumed_from else "")
+        + f", {result.seconds:.0f}s"
+    )

@@ -11,15 +11,18 @@ from rich.table import Table
 from ..errors import QScopeError
 from .common import DeviceOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_pair, read_texts
 
-app = typer.Typer(help="Feature-driven data synthesis: coverage of target features, generate for the gaps.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Feature-driven data synthesis: coverage of target features, generate for the gaps.", no_args_is_help=True
+)
 
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="synth")
 
 
-def _targets(lm, sae, targets: str | None, contrast_pos: str | None, contrast_neg: str | None, n: int, limit: int) -> list[int]:
+def _targets(
+    lm, sae, targets: str | None, contrast_pos: str | None, contrast_neg: str | None, n: int, limit: int
+) -> list[int]:
     from ..datatools.synth import targets_from_contrast
 
     if targets and (contrast_pos or contrast_neg):
@@ -30,7 +33,9 @@ def _targets(lm, sae, targets: str | None, contrast_pos: str | None, contrast_ne
         try:
             return [int(x) for x in spec.replace("\n", ",").replace(" ", ",").split(",") if x.strip()]
         except ValueError:
-            raise QScopeError(f"--targets: expected feature ids like 12,345 (or a file of them), got {targets[:40]!r}") from None
+            raise QScopeError(
+                f"--targets: expected feature ids like 12,345 (or a file of them), got {targets[:40]!r}"
+            ) from None
     if contrast_pos and contrast_neg:
         with console.status("finding target features by contrast"):
             return targets_from_contrast(lm, sae, read_texts(contrast_pos, limit), read_texts(contrast_neg, limit), n=n)
@@ -40,8 +45,14 @@ def _targets(lm, sae, targets: str | None, contrast_pos: str | None, contrast_ne
 def _bar():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 TargetsOpt = typer.Option(None, "--targets", help="Target feature ids, comma-separated, or a file of ids.")
@@ -97,15 +108,28 @@ def generate_cmd(
     n_targets: int = NOpt,
     limit: int = typer.Option(1000, help="At most this many texts per input."),
     per_target: int = typer.Option(4, help="Candidates generated per uncovered target (the budget)."),
-    strength: float = typer.Option(60.0, help="Local steering strength: multiple of the target's decoder direction added at every position."),
+    strength: float = typer.Option(
+        60.0, help="Local steering strength: multiple of the target's decoder direction added at every position."
+    ),
     max_new_tokens: int = typer.Option(40, help="Tokens per local candidate."),
-    examples: Optional[str] = typer.Option(None, help="Describe each target by its top-activating texts from this pool "
-                                                      "and prompt with them (instead of steering); random = random texts."),
-    endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of the local model."),
+    examples: Optional[str] = typer.Option(
+        None,
+        help="Describe each target by its top-activating texts from this pool "
+        "and prompt with them (instead of steering); random = random texts.",
+    ),
+    endpoint: Optional[str] = typer.Option(
+        None, help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of the local model."
+    ),
     endpoint_model: str = typer.Option("gpt-4o-mini", help="Model name sent to the endpoint."),
-    template: Optional[str] = typer.Option(None, help="Endpoint prompt with {description} (default: a user-request template)."),
-    random_baseline: bool = typer.Option(True, "--random/--no-random", help="Also run untargeted generation at the same budget."),
-    report: Optional[Path] = typer.Option(None, help="Write the coverage report JSON here (default: <out>.report.json)."),
+    template: Optional[str] = typer.Option(
+        None, help="Endpoint prompt with {description} (default: a user-request template)."
+    ),
+    random_baseline: bool = typer.Option(
+        True, "--random/--no-random", help="Also run untargeted generation at the same budget."
+    ),
+    report: Optional[Path] = typer.Option(
+        None, help="Write the coverage report JSON here (default: <out>.report.json)."
+    ),
     seed: int = typer.Option(0, help="Sampling seed."),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
@@ -122,8 +146,18 @@ def generate_cmd(
     Example: qscope synth generate --layer 15 --seed-texts seeds.jsonl --targets 1,2 --examples pool.jsonl --out s.jsonl
     Example: qscope synth generate --layer 15 --seed-texts seeds.jsonl --targets 1,2 --endpoint http://localhost:8000/v1 --out s.jsonl
     """
-    from ..datatools.synth import (ENDPOINT_TEMPLATE, EXAMPLES_TEMPLATE, Endpoint, LocalPrompted, LocalSteered, compare,
-                                   describe_by_examples, describe_by_tokens, max_acts_of, write_jsonl)
+    from ..datatools.synth import (
+        ENDPOINT_TEMPLATE,
+        EXAMPLES_TEMPLATE,
+        Endpoint,
+        LocalPrompted,
+        LocalSteered,
+        compare,
+        describe_by_examples,
+        describe_by_tokens,
+        max_acts_of,
+        write_jsonl,
+    )
     from ..io import write_json
 
     lm, sae_ = load_pair(model, sae, layer, device)
@@ -134,8 +168,13 @@ def generate_cmd(
         with console.status("encoding the example pool"):
             describe = describe_by_examples(pool, max_acts_of(lm, sae_, pool), seed=seed)
     if endpoint:
-        gen = Endpoint(endpoint, endpoint_model, describe or describe_by_tokens(lm, sae_),
-                       template or (EXAMPLES_TEMPLATE if describe else ENDPOINT_TEMPLATE), describe_untargeted=bool(describe))
+        gen = Endpoint(
+            endpoint,
+            endpoint_model,
+            describe or describe_by_tokens(lm, sae_),
+            template or (EXAMPLES_TEMPLATE if describe else ENDPOINT_TEMPLATE),
+            describe_untargeted=bool(describe),
+        )
     elif describe:
         gen = LocalPrompted(lm, describe, template or EXAMPLES_TEMPLATE, max_new_tokens=max_new_tokens)
     else:
@@ -149,8 +188,9 @@ def generate_cmd(
                 jobs[what] = bar.add_task(what, total=total)
             bar.advance(jobs[what], n)
 
-        rep, synth, rand = compare(lm, sae_, seeds, ids, gen, per_target=per_target, seed=seed,
-                                   random_baseline=random_baseline, progress=tick)
+        rep, synth, rand = compare(
+            lm, sae_, seeds, ids, gen, per_target=per_target, seed=seed, random_baseline=random_baseline, progress=tick
+        )
     kept = write_jsonl(synth, out)
     if random_baseline:
         write_jsonl(rand, out.with_name(out.stem + ".random.jsonl"), kept_only=False)
@@ -158,11 +198,24 @@ def generate_cmd(
     if json:
         emit_json(rep)
         return
-    table = Table("", "generated", "added", "newly covered", "coverage of uncovered", "coverage total",
-                  title=f"layer {rep.layer}: {len(rep.targets)} targets, seed set covers {rep.seed.fraction:.1%}")
+    table = Table(
+        "",
+        "generated",
+        "added",
+        "newly covered",
+        "coverage of uncovered",
+        "coverage total",
+        title=f"layer {rep.layer}: {len(rep.targets)} targets, seed set covers {rep.seed.fraction:.1%}",
+    )
     for name, s in (("feature-driven", rep.feature_driven), ("random", rep.random)):
         if s:
-            table.add_row(name, str(s["generated"]), str(s["added"]), str(len(s["newly_covered"])),
-                          f"{s['coverage_of_uncovered']:.1%}", f"{s['coverage_total']:.1%}")
+            table.add_row(
+                name,
+                str(s["generated"]),
+                str(s["added"]),
+                str(len(s["newly_covered"])),
+                f"{s['coverage_of_uncovered']:.1%}",
+                f"{s['coverage_total']:.1%}",
+            )
     console.print(table)
     console.print(f"{kept} kept candidates -> {out}")

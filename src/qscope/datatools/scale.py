@@ -43,8 +43,11 @@ def _rows(clf: FeatureClassifier, codes, indices: list[int], texts: list[str], k
     fired = clf.fired(codes)
     rows = []
     for i, row in enumerate(fired):
-        rec = {"index": indices[i], "label": bool(row.any()),
-               "fired": [[f.layer, f.feature] for f, on in zip(clf.features, row) if on]}
+        rec = {
+            "index": indices[i],
+            "label": bool(row.any()),
+            "fired": [[f.layer, f.feature] for f, on in zip(clf.features, row) if on],
+        }
         if keep_text:
             rec["text"] = texts[i]
         rows.append(rec)
@@ -59,9 +62,19 @@ def _progress_path(out: Path) -> Path:
     return out.with_name(out.name + ".progress.json")
 
 
-def classify_stream(lm, saes: dict, clf: FeatureClassifier, texts: Iterable[str], out: str | Path, chunk: int = 64,
-                    batch_size: int = 16, max_length: int = 128, keep_text: bool = False,
-                    progress: Callable[[int], None] | None = None, limit: int | None = None) -> CorpusResult:
+def classify_stream(
+    lm,
+    saes: dict,
+    clf: FeatureClassifier,
+    texts: Iterable[str],
+    out: str | Path,
+    chunk: int = 64,
+    batch_size: int = 16,
+    max_length: int = 128,
+    keep_text: bool = False,
+    progress: Callable[[int], None] | None = None,
+    limit: int | None = None,
+) -> CorpusResult:
     """Classify `texts` into JSONL `out` (one {"index", "label", "fired"} per text), resuming
     from `<out>.progress.json` when it exists for the same classifier."""
     missing = [l for l in clf.layers if l not in saes]
@@ -75,7 +88,9 @@ def classify_stream(lm, saes: dict, clf: FeatureClassifier, texts: Iterable[str]
     if ppath.exists() and out.exists():
         saved = json.loads(ppath.read_text(encoding="utf-8"))
         if saved.get("classifier") != state["classifier"]:
-            raise QScopeError(f"{out}: has progress from another classifier; remove {ppath.name} and the output to restart")
+            raise QScopeError(
+                f"{out}: has progress from another classifier; remove {ppath.name} and the output to restart"
+            )
         state = saved
     resumed = state["done"]
     start = time.time()
@@ -116,8 +131,15 @@ def load_default(model: str, sae: str, layers: tuple[int, ...]):
 class RayClassifier:
     """Ray Data callable class: holds one model + SAEs per actor, classifies pandas batches."""
 
-    def __init__(self, load: Loader, classifier: dict, max_length: int = 128, batch_size: int = 16,
-                 keep_text: bool = False, threads: int = 1):
+    def __init__(
+        self,
+        load: Loader,
+        classifier: dict,
+        max_length: int = 128,
+        batch_size: int = 16,
+        keep_text: bool = False,
+        threads: int = 1,
+    ):
         import torch
 
         torch.set_num_threads(threads)
@@ -130,8 +152,12 @@ class RayClassifier:
         texts = [str(t) for t in batch["text"]]
         codes = encode_examples(self.lm, self.saes, texts, self.max_length, self.batch_size)
         rows = _rows(self.clf, codes, [int(i) for i in batch["index"]], texts, self.keep_text)
-        return {"index": [r["index"] for r in rows], "label": [r["label"] for r in rows],
-                "fired": [json.dumps(r["fired"]) for r in rows], **({"text": texts} if self.keep_text else {})}
+        return {
+            "index": [r["index"] for r in rows],
+            "label": [r["label"] for r in rows],
+            "fired": [json.dumps(r["fired"]) for r in rows],
+            **({"text": texts} if self.keep_text else {}),
+        }
 
 
 def ray_available() -> str | None:
@@ -144,9 +170,18 @@ def ray_available() -> str | None:
     return None
 
 
-def classify_ray(load: Loader, clf: FeatureClassifier, texts: Iterable[str], out: str | Path, actors: int = 2,
-                 batch_size: int = 16, max_length: int = 128, keep_text: bool = False,
-                 progress: Callable[[int], None] | None = None, limit: int | None = None) -> CorpusResult:
+def classify_ray(
+    load: Loader,
+    clf: FeatureClassifier,
+    texts: Iterable[str],
+    out: str | Path,
+    actors: int = 2,
+    batch_size: int = 16,
+    max_length: int = 128,
+    keep_text: bool = False,
+    progress: Callable[[int], None] | None = None,
+    limit: int | None = None,
+) -> CorpusResult:
     """Classify with a Ray Data actor pool (`actors` model replicas); writes JSONL `out` sorted
     by index. Starts a local Ray (all CPUs) unless one is running already. Not resumable."""
     reason = ray_available()
@@ -162,13 +197,23 @@ def classify_ray(load: Loader, clf: FeatureClassifier, texts: Iterable[str], out
     if not items:
         raise QScopeError("no texts to classify")
     ds = ray.data.from_items(items).map_batches(
-        RayClassifier, fn_constructor_kwargs=dict(load=load, classifier=clf.to_dict(), max_length=max_length,
-                                                  batch_size=batch_size, keep_text=keep_text),
-        compute=ActorPoolStrategy(size=actors), batch_size=batch_size * 4, num_cpus=1, batch_format="numpy")
+        RayClassifier,
+        fn_constructor_kwargs=dict(
+            load=load, classifier=clf.to_dict(), max_length=max_length, batch_size=batch_size, keep_text=keep_text
+        ),
+        compute=ActorPoolStrategy(size=actors),
+        batch_size=batch_size * 4,
+        num_cpus=1,
+        batch_format="numpy",
+    )
     rows = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["index"])):
-            rec = {"index": int(batch["index"][i]), "label": bool(batch["label"][i]), "fired": json.loads(batch["fired"][i])}
+            rec = {
+                "index": int(batch["index"][i]),
+                "label": bool(batch["label"][i]),
+                "fired": json.loads(batch["fired"][i]),
+            }
             if keep_text:
                 rec["text"] = str(batch["text"][i])
             rows.append(rec)
@@ -179,7 +224,9 @@ def classify_ray(load: Loader, clf: FeatureClassifier, texts: Iterable[str], out
 
     with atomic_path(out) as tmp:
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return CorpusResult(str(out), len(rows), sum(r["label"] for r in rows), 0, time.time() - start, backend=f"ray x{actors}")
+    return CorpusResult(
+        str(out), len(rows), sum(r["label"] for r in rows), 0, time.time() - start, backend=f"ray x{actors}"
+    )
 
 
 def default_loader(model: str, sae: str, layers) -> Loader:

@@ -32,8 +32,10 @@ NEUTRAL_PROMPTS = (
     "Write a short request you might send to an assistant.",
     "Continue the text.",
 )
-ENDPOINT_TEMPLATE = ("Write one short, realistic message that a user might send to an AI assistant. "
-                     "It should be about: {description}. Reply with the message only.")
+ENDPOINT_TEMPLATE = (
+    "Write one short, realistic message that a user might send to an AI assistant. "
+    "It should be about: {description}. Reply with the message only."
+)
 UNTARGETED_DESCRIPTION = "anything at all"
 
 
@@ -54,8 +56,14 @@ class Coverage:
         return len(self.covered) / len(self.targets) if self.targets else 1.0
 
     def to_dict(self) -> dict:
-        return {"targets": len(self.targets), "covered": len(self.covered), "coverage": self.fraction,
-                "n_texts": self.n_texts, "covered_ids": self.covered, "uncovered_ids": self.uncovered}
+        return {
+            "targets": len(self.targets),
+            "covered": len(self.covered),
+            "coverage": self.fraction,
+            "n_texts": self.n_texts,
+            "covered_ids": self.covered,
+            "uncovered_ids": self.uncovered,
+        }
 
 
 def _check_targets(targets: Sequence[int], d_sae: int) -> list[int]:
@@ -77,15 +85,22 @@ def coverage_from_acts(max_acts, targets: Sequence[int]) -> Coverage:
     return Coverage(targets, [t for t, on in zip(targets, fired) if on], max_acts.shape[0])
 
 
-def max_acts_of(lm, sae, texts: Sequence[str], max_length: int = 128, batch_size: int = 16, chunk: int = 64,
-                progress: Callable[[int], None] | None = None):
+def max_acts_of(
+    lm,
+    sae,
+    texts: Sequence[str],
+    max_length: int = 128,
+    batch_size: int = 16,
+    chunk: int = 64,
+    progress: Callable[[int], None] | None = None,
+):
     """(n, d_sae) sparse example-level max activations of `texts` at the SAE's layer."""
     import scipy.sparse as sp
 
     layer = lm.check_sae(sae)
     parts = []
     for start in range(0, len(texts), chunk):
-        batch = list(texts[start:start + chunk])
+        batch = list(texts[start : start + chunk])
         parts.append(encode_examples(lm, {layer: sae}, batch, max_length, batch_size).max_acts[layer])
         if progress:
             progress(len(batch))
@@ -98,8 +113,9 @@ def coverage(lm, sae, texts: Sequence[str], targets: Sequence[int], **kw) -> Cov
 
 
 # ------------------------------------------------------------------------- targets
-def targets_from_contrast(lm, sae, positive: Sequence[str], negative: Sequence[str], n: int = 50,
-                          by: str = "rate", **kw) -> list[int]:
+def targets_from_contrast(
+    lm, sae, positive: Sequence[str], negative: Sequence[str], n: int = 50, by: str = "rate", **kw
+) -> list[int]:
     """The n features that fire most more often on `positive` than on `negative` texts."""
     from ..features.search import contrast
 
@@ -111,8 +127,10 @@ def targets_from_text(query: str, n: int = 50, **kw) -> list[int]:
     try:
         from ..features import store
     except ImportError:
-        raise QScopeError("targets by explanation need qscope.features.store (not available in this install); "
-                          "give feature ids or a contrast instead") from None
+        raise QScopeError(
+            "targets by explanation need qscope.features.store (not available in this install); "
+            "give feature ids or a contrast instead"
+        ) from None
     search = getattr(store, "search", None)
     if search is None:
         raise QScopeError("qscope.features.store has no search(); give feature ids or a contrast instead")
@@ -141,8 +159,9 @@ class RowSteering:
         import torch
 
         layer = lm.check_sae(self.sae)
-        rows = torch.stack([self.sae.W_dec[f] if f is not None else torch.zeros_like(self.sae.W_dec[0])
-                            for f in self.features]).detach()
+        rows = torch.stack(
+            [self.sae.W_dec[f] if f is not None else torch.zeros_like(self.sae.W_dec[0]) for f in self.features]
+        ).detach()
 
         def fn(h):
             if h.shape[0] != rows.shape[0]:
@@ -178,19 +197,34 @@ class LocalSteered:
         """One candidate per entry of `targets` (None = unsteered), `batch` rows per generate call."""
         out: list[dict] = []
         for start in range(0, len(targets), self.batch):
-            rows = list(targets[start:start + self.batch])
+            rows = list(targets[start : start + self.batch])
             prompts = [self.prompts[(seed + start + i) % len(self.prompts)] for i in range(len(rows))]
             steer = RowSteering(self.sae, rows, self.strength) if any(t is not None for t in rows) else None
-            texts = self.lm.generate(prompts, max_new_tokens=self.max_new_tokens, steer=steer, chat=self.chat,
-                                     do_sample=True, temperature=self.temperature, seed=seed + start)
-            out += [{"text": t.strip(), "prompt": p, "seed": seed + start,
-                     "steer": None if f is None else {"feature": f, "strength": self.strength}}
-                    for f, p, t in zip(rows, prompts, texts)]
+            texts = self.lm.generate(
+                prompts,
+                max_new_tokens=self.max_new_tokens,
+                steer=steer,
+                chat=self.chat,
+                do_sample=True,
+                temperature=self.temperature,
+                seed=seed + start,
+            )
+            out += [
+                {
+                    "text": t.strip(),
+                    "prompt": p,
+                    "seed": seed + start,
+                    "steer": None if f is None else {"feature": f, "strength": self.strength},
+                }
+                for f, p, t in zip(rows, prompts, texts)
+            ]
         return out
 
 
-EXAMPLES_TEMPLATE = ("Here are some messages that users sent to an AI assistant:\n{description}\n"
-                     "Write one new message in the same spirit. Reply with the message only.")
+EXAMPLES_TEMPLATE = (
+    "Here are some messages that users sent to an AI assistant:\n{description}\n"
+    "Write one new message in the same spirit. Reply with the message only."
+)
 
 
 def describe_by_examples(texts: Sequence[str], max_acts, n: int = 3, seed: int = 0) -> Callable[[int | None], str]:
@@ -208,7 +242,9 @@ def describe_by_examples(texts: Sequence[str], max_acts, n: int = 3, seed: int =
         col = acts[:, feature].toarray().ravel()
         top = [i for i in np.argsort(-col, kind="stable")[:n] if col[i] > 0]
         if not top:
-            raise QScopeError(f"feature {feature} fires on none of the example texts; give other examples or use steering")
+            raise QScopeError(
+                f"feature {feature} fires on none of the example texts; give other examples or use steering"
+            )
         return bullets(top)
 
     return describe
@@ -236,10 +272,16 @@ class LocalPrompted:
     def generate_batch(self, targets: Sequence[int | None], seed: int) -> list[dict]:
         out: list[dict] = []
         for start in range(0, len(targets), self.batch):
-            rows = list(targets[start:start + self.batch])
+            rows = list(targets[start : start + self.batch])
             prompts = [self.template.format(description=self.describe(t)) for t in rows]
-            texts = self.lm.generate(prompts, max_new_tokens=self.max_new_tokens, chat=True, do_sample=True,
-                                     temperature=self.temperature, seed=seed + start)
+            texts = self.lm.generate(
+                prompts,
+                max_new_tokens=self.max_new_tokens,
+                chat=True,
+                do_sample=True,
+                temperature=self.temperature,
+                seed=seed + start,
+            )
             out += [{"text": t.strip(), "prompt": p, "seed": seed + start} for p, t in zip(prompts, texts)]
         return out
 
@@ -281,8 +323,15 @@ class Endpoint:
         return f"endpoint:{self.model}"
 
     def _complete(self, prompt: str, seed: int) -> str:
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                           "temperature": self.temperature, "max_tokens": self.max_tokens, "seed": seed}).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+                "seed": seed,
+            }
+        ).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -296,12 +345,18 @@ class Endpoint:
         except (urllib.error.URLError, OSError) as exc:
             raise QScopeError(f"{url}: cannot reach the endpoint ({getattr(exc, 'reason', exc)})") from None
         except (ValueError, KeyError, IndexError, TypeError):
-            raise QScopeError(f"{url}: reply is not an OpenAI chat completion (no choices[0].message.content)") from None
+            raise QScopeError(
+                f"{url}: reply is not an OpenAI chat completion (no choices[0].message.content)"
+            ) from None
 
     def generate(self, target: int | None, n: int, seed: int) -> list[dict]:
-        description = self.describe(target) if target is not None or self.describe_untargeted else UNTARGETED_DESCRIPTION
+        description = (
+            self.describe(target) if target is not None or self.describe_untargeted else UNTARGETED_DESCRIPTION
+        )
         prompt = self.template.format(description=description)
-        return [{"text": self._complete(prompt, seed + i).strip(), "prompt": prompt, "seed": seed + i} for i in range(n)]
+        return [
+            {"text": self._complete(prompt, seed + i).strip(), "prompt": prompt, "seed": seed + i} for i in range(n)
+        ]
 
 
 # ------------------------------------------------------------------------- synthesis
@@ -321,7 +376,9 @@ class Candidate:
         return asdict(self)
 
 
-def _check(lm, sae, rows: list[tuple[int | None, dict]], generator: str, targets: list[int], max_length: int) -> list[Candidate]:
+def _check(
+    lm, sae, rows: list[tuple[int | None, dict]], generator: str, targets: list[int], max_length: int
+) -> list[Candidate]:
     """Encode candidates (unsteered) and mark each kept iff it fires its own target."""
     texts = [r["text"] for _, r in rows]
     live = [i for i, t in enumerate(texts) if t.strip()]
@@ -338,8 +395,16 @@ def _check(lm, sae, rows: list[tuple[int | None, dict]], generator: str, targets
     return out
 
 
-def synthesize(lm, sae, targets: Sequence[int], generator: Generator, per_target: int = 4, seed: int = 0,
-               max_length: int = 128, progress: Callable[[int], None] | None = None) -> list[Candidate]:
+def synthesize(
+    lm,
+    sae,
+    targets: Sequence[int],
+    generator: Generator,
+    per_target: int = 4,
+    seed: int = 0,
+    max_length: int = 128,
+    progress: Callable[[int], None] | None = None,
+) -> list[Candidate]:
     """`per_target` candidates for each target; each checked for firing its target."""
     targets = _check_targets(targets, sae.cfg.d_sae)
     rows: list[tuple[int | None, dict]] = []
@@ -356,8 +421,17 @@ def synthesize(lm, sae, targets: Sequence[int], generator: Generator, per_target
     return _check(lm, sae, rows, generator.name, targets, max_length)
 
 
-def untargeted(lm, sae, targets: Sequence[int], generator: Generator, budget: int, seed: int = 0, batch: int = 8,
-               max_length: int = 128, progress: Callable[[int], None] | None = None) -> list[Candidate]:
+def untargeted(
+    lm,
+    sae,
+    targets: Sequence[int],
+    generator: Generator,
+    budget: int,
+    seed: int = 0,
+    batch: int = 8,
+    max_length: int = 128,
+    progress: Callable[[int], None] | None = None,
+) -> list[Candidate]:
     """The random baseline: `budget` untargeted generations; kept if they fire any target."""
     targets = _check_targets(targets, sae.cfg.d_sae)
     rows: list[tuple[int | None, dict]] = []
@@ -398,33 +472,68 @@ def _summary(cands: list[Candidate], seed_cov: Coverage, use_all: bool) -> dict:
     hit = set(seed_cov.covered) | {t for c in added for t in c.hits}
     uncovered = seed_cov.uncovered
     new = [t for t in uncovered if t in hit]
-    return {"generated": len(cands), "added": len(added), "newly_covered": new,
-            "coverage_of_uncovered": len(new) / len(uncovered) if uncovered else 1.0,
-            "coverage_total": len(hit & set(seed_cov.targets)) / len(seed_cov.targets)}
+    return {
+        "generated": len(cands),
+        "added": len(added),
+        "newly_covered": new,
+        "coverage_of_uncovered": len(new) / len(uncovered) if uncovered else 1.0,
+        "coverage_total": len(hit & set(seed_cov.targets)) / len(seed_cov.targets),
+    }
 
 
-def compare(lm, sae, seed_texts: Sequence[str], targets: Sequence[int], generator: Generator, per_target: int = 4,
-            seed: int = 0, random_baseline: bool = True, max_length: int = 128,
-            progress: Callable[[str, int, int], None] | None = None) -> tuple[SynthReport, list[Candidate], list[Candidate]]:
+def compare(
+    lm,
+    sae,
+    seed_texts: Sequence[str],
+    targets: Sequence[int],
+    generator: Generator,
+    per_target: int = 4,
+    seed: int = 0,
+    random_baseline: bool = True,
+    max_length: int = 128,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[SynthReport, list[Candidate], list[Candidate]]:
     """Seed coverage, then feature-driven synthesis for the uncovered targets and the random
     baseline at the same number of generations. Returns (report, synthesised, random)."""
     layer = lm.check_sae(sae)
     targets = _check_targets(targets, sae.cfg.d_sae)
-    tick = (lambda what, total: (lambda n: progress(what, n, total))) if progress else (lambda what, total: None)
+    tick = (lambda what, total: lambda n: progress(what, n, total)) if progress else (lambda what, total: None)
     texts = [t for t in seed_texts if t.strip()]
-    seed_cov = coverage_from_acts(max_acts_of(lm, sae, texts, max_length=max_length, progress=tick("seed set", len(texts))), targets)
+    seed_cov = coverage_from_acts(
+        max_acts_of(lm, sae, texts, max_length=max_length, progress=tick("seed set", len(texts))), targets
+    )
     todo = seed_cov.uncovered
     budget = per_target * len(todo)
-    synth = synthesize(lm, sae, todo, generator, per_target, seed, max_length, tick("feature-driven", budget)) if todo else []
-    rand = untargeted(lm, sae, targets, generator, budget, seed, max_length=max_length,
-                      progress=tick("random", budget)) if random_baseline and budget else []
-    report = SynthReport(layer, targets, seed_cov, per_target, budget, _summary(synth, seed_cov, False),
-                         _summary(rand, seed_cov, True) if random_baseline else {})
+    synth = (
+        synthesize(lm, sae, todo, generator, per_target, seed, max_length, tick("feature-driven", budget))
+        if todo
+        else []
+    )
+    rand = (
+        untargeted(lm, sae, targets, generator, budget, seed, max_length=max_length, progress=tick("random", budget))
+        if random_baseline and budget
+        else []
+    )
+    report = SynthReport(
+        layer,
+        targets,
+        seed_cov,
+        per_target,
+        budget,
+        _summary(synth, seed_cov, False),
+        _summary(rand, seed_cov, True) if random_baseline else {},
+    )
     for t in todo:
         mine = [c for c in synth if c.target == t]
-        report.per_feature.append({"feature": t, "kept": sum(c.kept for c in mine), "tried": len(mine),
-                                   "max_activation": max((c.activation for c in mine), default=0.0),
-                                   "random_hits": sum(t in c.hits for c in rand)})
+        report.per_feature.append(
+            {
+                "feature": t,
+                "kept": sum(c.kept for c in mine),
+                "tried": len(mine),
+                "max_activation": max((c.activation for c in mine), default=0.0),
+                "random_hits": sum(t in c.hits for c in rand),
+            }
+        )
     return report, synth, rand
 
 
