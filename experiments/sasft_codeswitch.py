@@ -90,14 +90,15 @@ def main():
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--n-eval", type=int, default=200)
+    ap.add_argument("--n-eval", type=int, default=400)
     ap.add_argument("--tokens", type=int, default=40)
     ap.add_argument("--layers", default="24")
     ap.add_argument("--methods", default="base,sft,unlikelihood,sasft_1e-3,sasft_1e-2")
     ap.add_argument("--out", default=str(ROOT / "runs/posttrain/sasft"))
     ap.add_argument("--max-length", type=int, default=128, help="training tokens per example")
     ap.add_argument("--docs-name", default="sasft_codeswitch", help="basename of the JSON written under docs/posttrain")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bench", default="arc_easy#200", help="capability check: benchmark[#items], '' to skip")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -158,11 +159,17 @@ def main():
                 losses.append(s)
                 if step % 10 == 0:
                     print(method, step, {k: round(v, 4) for k, v in s.items()}, f"{time.time() - t1:.0f}s", flush=True)
+            lm.model = lm.model.merge_and_unload()  # a plain checkpoint: saved for `qscope evals accuracy`
             lm.model.eval()
+            lm.name = str(out / "models" / method)
+            lm.model.save_pretrained(lm.name)
+            lm.tokenizer.save_pretrained(lm.name)
         responses = sample(lm, eval_prompts, args.tokens, seed=123)
         ratio = code_switch_ratio(responses, "zh")
         ppl = perplexity(lm, held_ppl)
-        results[method] = {"code_switch_ratio": ratio, "n_responses": len(responses), "heldout_ppl_en": ppl,
+        bench = capability(lm, args.bench) if args.bench else None
+        results[method] = {"code_switch_ratio": ratio, "n_switched": sum(map(bool, switched(responses))),
+                           "n_responses": len(responses), "heldout_ppl_en": ppl, "benchmark": bench,
                            "final_losses": losses[-1] if losses else None,
                            "mean_ce_last10": sum(x["ce"] for x in losses[-10:]) / 10 if losses else None,
                            "seconds": round(time.time() - t1), "examples": responses[:4]}
@@ -177,9 +184,33 @@ def main():
         base = results["sft"]["code_switch_ratio"]
         summary["relative_reduction_vs_sft"] = {m: (1 - r["code_switch_ratio"] / base) if base else None
                                                 for m, r in results.items() if m not in ("sft", "base")}
+        summary["fisher_p_vs_sft"] = {m: fisher_p(results["sft"], r) for m, r in results.items() if m != "sft"}
     write_json(ROOT / f"docs/posttrain/{args.docs_name}.json", summary)
     print(json.dumps({m: (r["code_switch_ratio"], round(r["heldout_ppl_en"], 2)) for m, r in results.items()}), flush=True)
     print(f"total {time.time() - t0:.0f}s")
+
+
+def switched(responses, lang="zh"):
+    return [code_switch_ratio([r], lang) > 0 for r in responses]
+
+
+def fisher_p(a: dict, b: dict) -> float:
+    """Two-sided Fisher exact p for 'same code-switch rate' between two arms."""
+    from scipy.stats import fisher_exact
+
+    table = [[a["n_switched"], a["n_responses"] - a["n_switched"]], [b["n_switched"], b["n_responses"] - b["n_switched"]]]
+    return float(fisher_exact(table).pvalue)
+
+
+def capability(lm, spec: str) -> dict:
+    """Accuracy on a small benchmark (choice-text likelihood), cached per checkpoint name."""
+    from qscope.evals.accuracy import evaluate
+    from qscope.evals.benchmarks import load_benchmark
+
+    name, _, n = spec.partition("#")
+    items = load_benchmark(name, limit=int(n) if n else None, seed=0)
+    res = evaluate(lm, items, benchmark=name)
+    return {"name": name, "n_items": res.n_items, "accuracy": res.accuracy}
 
 
 def iter_texts_lang(code):
