@@ -27,8 +27,9 @@ import torch
 from qscope import load_model
 from qscope.data import iter_texts
 from qscope.io import write_json
-from qscope.posttrain import (SASFTPenalty, add_lora, build_sft_batch, code_switch_ratio, estimate_alphas, monolinguality,
-                              script_token_ids, sft_step)
+from qscope.language import code_switch_ratio
+from qscope.posttrain import (SASFTPenalty, add_lora, build_sft_batch, estimate_alphas, monolinguality, script_token_ids,
+                              sft_step)
 from qscope.sae import SAE
 
 ROOT = Path(__file__).resolve().parents[1]

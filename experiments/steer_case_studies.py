@@ -27,11 +27,11 @@ from qscope.data import load_texts
 from qscope.data.corpora import corpus_dir, pull_corpus
 from qscope.features.search import contrast
 from qscope.io import write_json
+from qscope.language import language_detector
 from qscope.model import load_model
 from qscope.sae import SAE
 from qscope.steer import FeatureEdit, Steering
 from qscope.steer.evaluate import evaluate_steering
-from qscope.steer.language import language_detector
 
 OUT = ROOT / "docs" / "steering"
 

@@ -46,6 +46,20 @@ def test_padding_is_masked_and_reported():
     assert torch.allclose(cap.acts[1][1, : lengths[1]], alone.acts[1][0], atol=1e-5)
 
 
+def test_token_strings_keep_multibyte_characters_whole():
+    lm = tiny_lm()
+    text = "The 猫 sat on the mat, café."
+    ids = lm.tokenize([text])["input_ids"][0]
+    single = [lm.tokenizer.decode([int(t)]) for t in ids]
+    assert any("\ufffd" in t for t in single)  # the byte-level tokenizer splits 猫 and é over several tokens
+    shown = lm.token_strings(ids)
+    assert len(shown) == len(ids) and "".join(shown) == text
+    assert "猫" in shown and "é" in shown  # each on the token that completes it, the other pieces ''
+    assert lm.capture([text], layers=[1]).tokens[0] == shown
+    cut = lm.token_strings(ids[:-2])  # cut inside "é": the dangling byte stays visible
+    assert cut[-1] == "\ufffd" and "".join(cut) == text[:-2] + "\ufffd"
+
+
 def test_edit_hook_changes_forward_and_is_removed():
     lm = tiny_lm()
     enc = lm.tokenize(TEXTS[:1])

@@ -1,4 +1,4 @@
-"""Post-training (Application 4): SASFT penalty, code-switch detection, repetition, GRPO."""
+"""Post-training (Application 4): SASFT penalty, language features, repetition, GRPO."""
 
 from __future__ import annotations
 
@@ -163,28 +163,6 @@ def test_penalty_under_lora_trains_adapters_only():
     changed = [n for n, p in lm.model.named_parameters() if n in lora and not torch.equal(p, lora[n])]
     assert changed
     assert torch.equal(base, lm.model.base_model.model.model.layers[0].mlp.down_proj.weight)
-
-
-def test_code_switch_detector():
-    d = language
-    assert d.contains_language("Hello, 你好 world", "zh")
-    assert not d.contains_language("Hello world, this is fine.", "zh")
-    assert d.contains_language("こんにちは、世界", "ja") and not d.contains_language("こんにちは、世界", "zh")
-    assert d.contains_language("안녕하세요", "ko")
-    assert d.contains_language("Привет, мир", "ru")
-    assert d.contains_language("مرحبا بالعالم", "ar")
-    en = "The weather is nice today and we are going to the park with the children."
-    fr = "Le chat est sur la table et il ne veut pas descendre pour manger avec nous."
-    de = "Der Hund ist nicht in dem Haus, und er wird auch nicht mit uns spielen."
-    assert d.contains_language(en + " " + fr, "fr")
-    assert not d.contains_language(en, "fr")
-    assert d.contains_language(de, "de") and not d.contains_language(de, "fr")
-    assert "en" in d.detect_languages(en) and "fr" in d.detect_languages(en + " " + fr)
-    responses = [en, en + " " + fr, "OK 好的", en]
-    assert d.code_switch_ratio(responses, "fr") == 0.25
-    assert d.code_switch_ratio(responses, ["fr", "zh"]) == 0.5
-    with pytest.raises(Exception):
-        d.code_switch_ratio(responses, "xx")
 
 
 def test_script_token_ids():

@@ -1,4 +1,4 @@
-"""Steering evaluation: each metric checked on a case with a known answer, plus the detector."""
+"""Steering evaluation: each metric checked on a case with a known answer."""
 
 import math
 
@@ -17,7 +17,6 @@ from qscope.steer.evaluate import (
     target_activation,
     with_instruction,
 )
-from qscope.steer.language import detect_language, language_detector, script_counts
 
 PROMPTS = ["The cat sat on", "def add(a, b):", "Paris is the"]
 NEUTRAL = ["Hello world", "A dog ran"]
@@ -68,29 +67,6 @@ def test_target_activation_reads_the_sae(lm, sae):
     feature = int(codes[:, 1:].amax((0, 1)).argmax())
     mean, mx = target_activation(lm, sae, feature, texts)
     assert mx > 0 and 0 < mean <= mx
-
-
-def test_detector_languages_and_counts():
-    cases = {
-        "The weather is nice and the children are playing in the park.": "en",
-        "Le chat dort sur le canapé et la pluie tombe dans la rue.": "fr",
-        "Der Hund ist nicht im Garten und die Katze schläft auf dem Sofa.": "de",
-        "El perro está en el jardín y los niños juegan con la pelota.": "es",
-        "我今天很高兴，因为天气很好。": "zh",
-        "今日はとても良い天気ですね。": "ja",
-        "오늘 날씨가 정말 좋네요.": "ko",
-        "Сегодня очень хорошая погода.": "ru",
-        "الطقس جميل اليوم.": "ar",
-        "12345 !!!": "und",
-    }
-    for text, lang in cases.items():
-        assert detect_language(text) == lang, text
-    assert script_counts("ab猫") == {"latin": 2, "han": 1}
-    is_fr = language_detector("fr")
-    outputs = ["Le chat est sur la table.", "The cat is on the table.", "Je ne sais pas."]
-    assert sum(map(is_fr, outputs)) == 2
-    with pytest.raises(QScopeError, match="unknown language"):
-        language_detector("xx")
 
 
 def test_evaluate_steering_sweep_and_plot(lm, sae, tmp_path):

@@ -16,7 +16,7 @@ from qscope import SAE, SAEConfig
 from qscope.errors import QScopeError
 from qscope.features.explain import ask_llm, example_text, explain_feature
 from qscope.features.render import dashboard_text, histogram_png
-from qscope.features.store import HIST_EDGES, FeatureStore, build_store, readable_tokens
+from qscope.features.store import HIST_EDGES, FeatureStore, build_store
 from tiny import SENTENCES, tiny_lm
 
 LAYER, D_SAE, TOP_N = 2, 96, 5
@@ -102,12 +102,13 @@ def test_stats_and_histogram_match_brute_force(store, brute):
     assert len(HIST_EDGES) == 49
 
 
-def test_readable_tokens_join_back(lm):
-    text = "The 猫 sat on the mat, café."
-    single = lm.capture([text], [LAYER]).tokens[0]
-    assert any("\ufffd" in t for t in single)  # one-at-a-time decoding splits the characters
-    shown = readable_tokens(lm.tokenizer, text, 64, single)
-    assert "".join(shown) == text and len(shown) == len(single)
+def test_stored_tokens_are_readable(lm, sae, tmp_path):
+    texts = [("zh", "The 猫 sat on the mat, café."), ("en", "The cat sat on the mat.")]
+    build_store(lm, sae, texts, tmp_path / "s.sqlite", **SETTINGS)
+    rows = sqlite3.connect(tmp_path / "s.sqlite").execute("SELECT n_tokens, tokens FROM texts ORDER BY idx").fetchall()
+    for (n, tokens), (_, text) in zip(rows, texts):
+        shown = json.loads(tokens)
+        assert len(shown) == n and "".join(shown) == text  # multi-byte characters whole, no '\ufffd'
 
 
 def test_density_ranking_and_token_effects(store):

@@ -90,7 +90,7 @@ def make_detector(spec: str | None):
     if not spec:
         return None
     if spec.startswith("contains:"):
-        from ..posttrain.language import contains_language
+        from ..language import contains_language
 
         lang = spec.split(":", 1)[1]
         contains_language("", lang)  # checks the language name
@@ -100,7 +100,7 @@ def make_detector(spec: str | None):
 
         detector.__name__ = f"contains_{lang}"
         return detector
-    from ..steer.language import language_detector
+    from ..language import language_detector
 
     return language_detector(spec)
 

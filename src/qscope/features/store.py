@@ -180,27 +180,6 @@ def _chain(prev: str, text: str) -> str:
     return hashlib.sha1((prev + hashlib.sha1(text.encode("utf-8")).hexdigest()).encode()).hexdigest()
 
 
-def readable_tokens(tokenizer, text: str, max_length: int, fallback: list[str]) -> list[str]:
-    """Per-token strings that join back into the text: a character split over several byte-level
-    tokens (common in Chinese) is shown on the token that completes it, where decoding tokens
-    one at a time gives a '\ufffd' for each piece. Decodes a short window before each token and
-    keeps what the token adds; `fallback` (one-at-a-time strings) if the tokenization differs."""
-    ids = tokenizer(text, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
-    if len(ids) != len(fallback):
-        return fallback
-    out = []
-    for i, single in enumerate(fallback):
-        if "\ufffd" not in single and i + 1 < len(ids) and "\ufffd" not in fallback[i + 1]:
-            out.append(single)  # the common case: a whole token, and the next one does not complete it
-            continue
-        j = max(0, i - 6)
-        before = tokenizer.decode(ids[j:i]).rstrip("\ufffd")
-        after = tokenizer.decode(ids[j:i + 1])
-        after = after.rstrip("\ufffd") if i + 1 < len(ids) else after
-        out.append(after[len(before):] if after.startswith(before) else single)
-    return out
-
-
 _M31 = (1 << 31) - 1
 
 
@@ -656,8 +635,7 @@ def _build(conn, lm, sae, texts, path, wanted, layer, max_length, batch_size, ch
         with _one_thread():
             tokens += builder.update(done, codes)
         digest = _chain(digest, text)
-        shown = readable_tokens(lm.tokenizer, text, max_length, codes.tokens)
-        pending.append((done, label, len(codes.tokens), json.dumps(shown, ensure_ascii=False)))
+        pending.append((done, label, len(codes.tokens), json.dumps(codes.tokens, ensure_ascii=False)))
         done += 1
         meta.update(texts_done=done, tokens_done=tokens, texts_hash=digest)
         if done % every == 0:

@@ -100,9 +100,27 @@ class LM:
         return self.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=max_length is not None,
                               max_length=max_length).to(self.device)
 
-    def token_strings(self, input_ids: torch.Tensor) -> list[str]:
-        """Readable per-token strings (decoded one token at a time)."""
-        return [self.tokenizer.decode([int(t)]) for t in input_ids]
+    def token_strings(self, input_ids: torch.Tensor | Sequence[int]) -> list[str]:
+        """Per-token strings that join back into the text.
+
+        Decoding one token at a time gives a '\ufffd' for each piece of a character that a
+        byte-level tokenizer split over several tokens (common in Chinese); such a character is
+        shown on the token that completes it instead, its other pieces as ''. For those tokens a
+        short window before the token is decoded with and without it, and the token gets what it
+        adds."""
+        ids = [int(t) for t in input_ids]
+        single = [self.tokenizer.decode([t]) for t in ids]
+        out = []
+        for i, one in enumerate(single):
+            if "\ufffd" not in one and i + 1 < len(ids) and "\ufffd" not in single[i + 1]:
+                out.append(one)  # the common case: a whole token, and the next one does not complete it
+                continue
+            j = max(0, i - 6)
+            before = self.tokenizer.decode(ids[j:i]).rstrip("\ufffd")
+            after = self.tokenizer.decode(ids[j:i + 1])
+            after = after.rstrip("\ufffd") if i + 1 < len(ids) else after
+            out.append(after[len(before):] if after.startswith(before) else one)
+        return out
 
     # ------------------------------------------------------------------ capture
     @torch.no_grad()

@@ -2,8 +2,8 @@
 against repetition)."""
 
 from .grpo import GRPOConfig, add_lora, default_reward, group_advantages, grpo_step, sample_groups, train_grpo
-from .language import (code_switch_ratio, contains_language, detect_languages, estimate_alphas, monolinguality,
-                       script_token_ids)
+from ..language import code_switch_ratio, contains_language, detect_languages  # public here before qscope.language
+from .language import estimate_alphas, monolinguality, script_token_ids
 from .repetition import causal_check, repetition_features, repetition_ratio, repetitive_corpus
 from .sasft import SASFTPenalty, SASFTTrainer, build_sft_batch, sft_step, unlikelihood_loss
 
