@@ -1,6 +1,6 @@
 """Steering case studies on the default model (SmolLM2-135M-Instruct + shipped layer-15 SAE).
 
-    python experiments/steer_case_studies.py [--layer 15] [--tokens 16] [--only a|b|gated] [--n-features 3]
+    python experiments/steer_case_studies.py [--layer 15] [--tokens 16] [--only a|b|gated|natural|c] [--n-features 3]
 
 (a) Language slip: French questions with "Answer in English." - how often does the answer slip
     into French? French features are found contrastively (UDHR/gettext French vs Brown English)
@@ -8,6 +8,10 @@
     share of answers detected as English, with fluency and KL on neutral prompts.
 (b) Amplifying the same French features on English questions: share of answers in French over a
     strength sweep, against the prompting baseline "Answer in French."
+(c) The slip the model makes on its own: French questions (no instruction) answered in English.
+    English-vs-French features are suppressed; success = share of answers in French.
+(natural) How often the plain model leaves the prompt's language: 200 English questions and the
+    French questions, greedy.
 Generations are cached in docs/steering/generations.json, so an interrupted run resumes where it
 stopped; results go to docs/steering/*.json|png.
 """
@@ -27,7 +31,7 @@ from qscope.data import load_texts
 from qscope.data.corpora import corpus_dir, pull_corpus
 from qscope.features.search import contrast
 from qscope.io import write_json
-from qscope.language import language_detector
+from qscope.language import detect_language, language_detector
 from qscope.model import load_model
 from qscope.sae import SAE
 from qscope.steer import FeatureEdit, Steering
@@ -135,12 +139,14 @@ def corpus_texts(name: str, lang: str | None = None, n: int = 48, max_chars: int
     return [t[:max_chars] for t in texts if len(t) > 80][:n]
 
 
-def find_features(lm, sae, layer: int, n: int) -> dict:
-    path = OUT / f"french_features_layer{layer}.json"
+def find_features(lm, sae, layer: int, n: int, language: str = "french") -> dict:
+    """Top features of French vs English text (or English vs French with language="english")."""
+    path = OUT / f"{language}_features_layer{layer}.json"
     if path.exists():
         return json.loads(path.read_text())
     fr, en = corpus_texts("multilingual", "fr"), corpus_texts("brown")
-    found = contrast(lm, sae, fr, en, layer=layer, top=10, max_length=128)
+    pos, neg = (fr, en) if language == "french" else (en, fr)
+    found = contrast(lm, sae, pos, neg, layer=layer, top=10, max_length=128)
     result = {"layer": layer, "n_fr": len(fr), "n_en": len(en), "top": found.to_dict()["features"],
               "chosen": found.ids[:n]}
     write_json(path, result)
@@ -160,14 +166,38 @@ def run_case(name, lm, factory, prompts, strengths, detector, baseline, cache, t
     return {"table": result.table()}
 
 
+def natural_slips(lm, n: int, cache: dict, tokens: int = 24) -> dict:
+    """How often the plain model leaves the prompt's language on its own (greedy, chat template):
+    `n` English questions (NQ-open + TriviaQA) and the French questions without an instruction."""
+    from collections import Counter
+
+    from qscope.evals.benchmarks import load_benchmark
+
+    items = load_benchmark("nq_open", limit=n // 2, seed=0) + load_benchmark("triviaqa", limit=n - n // 2, seed=0)
+    english = [it.prompt.removeprefix("Question: ").split("\nAnswer:")[0] for it in items]
+    out = {}
+    for name, prompts, lang in (("english_questions", english, "en"), ("french_questions", FRENCH_QUESTIONS, "fr")):
+        key = f"natural|{name}|{len(prompts)}|{tokens}"
+        if key not in cache:
+            cache[key] = lm.generate(prompts, max_new_tokens=tokens, chat=True, do_sample=False)
+        langs = Counter(detect_language(a) for a in cache[key])
+        slipped = [(q, a) for q, a in zip(prompts, cache[key]) if detect_language(a) not in (lang, "und")]
+        out[name] = {"n": len(prompts), "prompt_language": lang, "answer_languages": dict(langs.most_common()),
+                     "share_in_prompt_language": langs[lang] / len(prompts), "slips": slipped[:20]}
+        print(f"[natural] {name}: {dict(langs.most_common())}", file=sys.stderr, flush=True)
+    write_json(OUT / "natural_slips.json", out)
+    return {k: {kk: v[kk] for kk in ("n", "answer_languages", "share_in_prompt_language")} for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--n-features", type=int, default=3)
-    ap.add_argument("--only", choices=["a", "b", "gated"], action="append", help="Run only these parts.")
+    ap.add_argument("--only", choices=["a", "b", "gated", "natural", "c"], action="append", help="Run only these parts.")
+    ap.add_argument("--n-natural", type=int, default=200, help="English questions for the natural-slip count")
     args = ap.parse_args()
-    parts = args.only or ["a", "b", "gated"]
+    parts = args.only or ["a", "b", "gated", "natural", "c"]
 
     lm = load_model("default")
     sae = SAE.load("default", layer=args.layer, device=lm.device)
@@ -189,6 +219,14 @@ def main() -> None:
     if "gated" in parts:
         summary["a_gated"] = run_case("a_slip_gated", lm, lambda s: add(s, gated=True), slip_prompts, [-30],
                                       language_detector("en"), None, cache, args.tokens, sae)
+    if "natural" in parts:
+        summary["natural"] = natural_slips(lm, args.n_natural, cache)
+    if "c" in parts:  # the natural slip: French questions answered in English; suppress English features
+        en_feats = find_features(lm, sae, args.layer, args.n_features, language="english")["chosen"]
+        summary["c_english_features"] = en_feats
+        summary["c_natural_slip"] = run_case(
+            "c_natural_slip", lm, lambda s: Steering(sae, [FeatureEdit(f, s, "add") for f in en_feats]),
+            FRENCH_QUESTIONS, [0, -10, -20], language_detector("fr"), "Réponds en français.", cache, args.tokens, sae)
     old = json.loads((OUT / "summary.json").read_text()) if (OUT / "summary.json").exists() else {}
     write_json(OUT / "summary.json", {**old, **summary})
 
