@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -146,7 +148,66 @@ def test_sft_step_and_trainer_add_penalty(tmp_path):
     plain = lm.model(**batch).loss
     assert loss.item() == pytest.approx(plain.item() + trainer.last_penalty, rel=1e-5)
     assert trainer.last_penalty > 0
+    # a loss normalised by num_items_in_batch is left unscaled by Trainer: the penalty is averaged over GA steps
+    trainer.current_gradient_accumulation_steps = 2
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    loss = trainer.compute_loss(lm.model, dict(batch), num_items_in_batch=n)
+    assert loss.item() == pytest.approx(plain.item() + trainer.last_penalty / 2, rel=1e-5)
     trainer.train()
+
+
+def _prompt_completion():
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": "Say hi.", "completion": " The cat sat on the mat."},
+                              {"prompt": "Code?", "completion": " def add(a, b): return a + b"}] * 2)
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_trl_sft_trainer_adds_penalty(tmp_path, lora):
+    trl = pytest.importorskip("trl")
+    if lora and not HAS_PEFT:
+        pytest.skip("peft is not installed")
+    from qscope.posttrain import SASFTSFTTrainer, sasft_trainer
+
+    assert SASFTSFTTrainer is sasft_trainer() is sasft_trainer(trl.SFTTrainer) and issubclass(SASFTSFTTrainer, trl.SFTTrainer)
+    lm = tiny_lm()
+    pen = SASFTPenalty(lm, {1: _sae(lm, 1)}, {1: [0, 1, 2]}, {1: -1.0}, lam=1.0)  # low alpha: penalty > 0
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2,
+                         report_to=[], save_strategy="no", use_cpu=True, logging_steps=1)  # TRL defaults otherwise
+    data = _prompt_completion()
+    trainer = SASFTSFTTrainer(model=lm.model, args=args, train_dataset=data, processing_class=lm.tokenizer,
+                              peft_config=peft_config, penalty=pen)
+    # TRL's labels (hence the penalty's response mask) cover exactly the completion (+ EOS), not the prompt
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    mask = response_mask(batch)
+    for i, src in enumerate(data.select(range(2))):
+        n_prompt = len(lm.tokenizer(src["prompt"])["input_ids"])
+        assert not mask[i, :n_prompt].any()
+        assert lm.tokenizer.decode(batch["input_ids"][i][mask[i]]) == src["completion"] + lm.tokenizer.eos_token
+    model = trainer.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    assert bool(frozen) == lora
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()  # with TRL's default (non-reentrant) gradient checkpointing
+    assert not [w for w in caught if "SASFT penalty has no gradient" in str(w.message)]
+    assert trainer.last_penalty > 0
+    after = dict(model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert all(torch.equal(frozen[n], after[n]) for n in frozen)
+    # TRL's extra no-grad forward (return_outputs=True) must not blank the penalty's graph
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TRL deprecates return_outputs
+        loss, _ = trainer.compute_loss(model, batch, return_outputs=True)
+    assert loss.requires_grad and all(h.requires_grad for h in pen._hidden.values()) and trainer.last_penalty > 0
 
 
 @needs_peft

@@ -5,11 +5,17 @@ from .grpo import GRPOConfig, add_lora, default_reward, group_advantages, grpo_s
 from ..language import code_switch_ratio, contains_language, detect_languages  # public here before qscope.language
 from .language import estimate_alphas, monolinguality, script_token_ids
 from .repetition import causal_check, repetition_features, repetition_ratio, repetitive_corpus
-from .sasft import SASFTPenalty, SASFTTrainer, build_sft_batch, sft_step, unlikelihood_loss
+from .sasft import SASFTLossMixin, SASFTPenalty, SASFTTrainer, build_sft_batch, sasft_trainer, sft_step, unlikelihood_loss
 
 __all__ = [
     "GRPOConfig", "add_lora", "default_reward", "group_advantages", "grpo_step", "sample_groups", "train_grpo",
     "code_switch_ratio", "contains_language", "detect_languages", "estimate_alphas", "monolinguality", "script_token_ids",
     "causal_check", "repetition_features", "repetition_ratio", "repetitive_corpus",
-    "SASFTPenalty", "SASFTTrainer", "build_sft_batch", "sft_step", "unlikelihood_loss",
-]
+    "SASFTLossMixin", "SASFTPenalty", "SASFTTrainer", "build_sft_batch", "sasft_trainer", "sft_step", "unlikelihood_loss",
+]  # plus SASFTSFTTrainer, left out of * so that it stays importable without trl
+
+
+def __getattr__(name: str):
+    if name == "SASFTSFTTrainer":  # TRL's SFTTrainer + the penalty, built on first use (trl is optional)
+        return sasft_trainer()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,14 +16,18 @@ attention mask.
 
 Use it three ways:
 - `SASFTTrainer(..., penalty=SASFTPenalty(...))`, a transformers.Trainer;
+- `SASFTSFTTrainer(..., penalty=...)`, TRL's SFTTrainer (needs `trl`; `sasft_trainer(Base)`
+  adds the penalty to any other Trainer subclass). TRL already puts -100 outside the
+  completion (`completion_only_loss`, the default for prompt/completion data) or outside the
+  assistant turns (`assistant_only_loss`), so the penalty covers the same tokens as the CE;
 - inside your own `compute_loss` / training loop: `with penalty.capture(): out = model(**batch)`
-  then `loss = out.loss + penalty.value(batch["labels"] != -100)`;
-- with TRL's SFTTrainer: subclass it exactly like `SASFTTrainer` below (same `compute_loss`
-  override; TRL sets `labels` to -100 outside the completion with `completion_only_loss`).
+  then `loss = out.loss + penalty.value(batch["labels"] != -100)`.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from contextlib import contextmanager
 from typing import Iterator, Mapping, Sequence
 
@@ -118,14 +122,26 @@ class SASFTPenalty:
     # ------------------------------------------------------------------ hooks
     @contextmanager
     def capture(self) -> Iterator["SASFTPenalty"]:
-        """Forward hooks (non-stopping) that keep each chosen layer's output, with its graph."""
-        self._hidden = {}
-        with hooks.record(self.layers, list(self.saes), stop=False) as out:
-            self._hidden = out
-            try:
-                yield self
-            finally:
-                self._hidden = dict(out)
+        """Forward hooks (non-stopping) that keep each chosen layer's output, with its graph.
+
+        An output without graph never replaces one with: TRL's SFTTrainer runs extra no-grad
+        forwards (metrics, logits) after the training one, which must not blank the gradient."""
+        self._hidden = kept = {}
+
+        def make(layer: int):
+            def hook(_module, _inputs, output):
+                h = hooks.hidden_of(output)
+                if h.requires_grad or layer not in kept or not kept[layer].requires_grad:
+                    kept[layer] = h
+
+            return hook
+
+        handles = [self.layers[i].register_forward_hook(make(i)) for i in self.saes]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def value(self, response_mask: torch.Tensor) -> torch.Tensor:
         """The penalty for the last forward run under `capture()`."""
@@ -172,12 +188,13 @@ except Exception:  # pragma: no cover
     _Trainer = object
 
 
-class SASFTTrainer(_Trainer):
-    """transformers.Trainer whose loss is the causal-LM loss plus the SASFT penalty.
+class SASFTLossMixin:
+    """The SASFT loss override for any transformers.Trainer subclass (put it first in the bases).
 
-    `SASFTTrainer(model=..., args=..., train_dataset=..., penalty=SASFTPenalty(model, ...))`.
-    Works for full fine-tuning and for a peft (LoRA) model: the hooks sit on the decoder
-    blocks, which peft wraps in place. The last penalty value is kept in `self.last_penalty`.
+    Adds `penalty=SASFTPenalty(model, ...)` to the constructor; the last penalty value (before
+    any gradient-accumulation scaling) is kept in `self.last_penalty`. Works for full
+    fine-tuning and for a peft (LoRA) model, also one the trainer wraps itself (TRL's
+    `peft_config`): the hooks sit on the decoder blocks, which peft wraps in place.
     """
 
     def __init__(self, *args, penalty: SASFTPenalty | None = None, **kwargs):
@@ -188,13 +205,52 @@ class SASFTTrainer(_Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.penalty is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        mask = response_mask(inputs)
+        mask = response_mask(inputs)  # before the parent pops `labels` (label smoothing)
         with self.penalty.capture():
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss = result[0] if return_outputs else result
         reg = self.penalty.value(mask)
         self.last_penalty = float(reg.detach())
+        if loss.requires_grad and not any(h.requires_grad for h in self.penalty._hidden.values()):
+            warnings.warn("SASFT penalty has no gradient: the residuals at the penalised layers carry no graph "
+                          "(no trainable weight at or below them?)", stacklevel=2)
+        # Trainer leaves gradient accumulation to a loss normalised by `num_items_in_batch`; the
+        # penalty is a per-micro-batch mean, so it is averaged over the accumulation steps here.
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = self.model_accepts_loss_kwargs or self.compute_loss_func is not None
+        if scaled and num_items_in_batch is not None:
+            reg = reg / getattr(self, "current_gradient_accumulation_steps", 1)
         loss = loss + reg
-        return (loss, outputs) if return_outputs else loss
+        return (loss, *result[1:]) if return_outputs else loss
+
+
+class SASFTTrainer(SASFTLossMixin, _Trainer):
+    """transformers.Trainer whose loss is the causal-LM loss plus the SASFT penalty:
+    `SASFTTrainer(model=..., args=..., train_dataset=..., penalty=SASFTPenalty(model, ...))`."""
+
+
+def sasft_trainer(base: type | None = None) -> type:
+    """`base` (a Trainer subclass; default `trl.SFTTrainer`) with the SASFT loss mixed in, named
+    `SASFT<base name>`; one class per base, so `sasft_trainer()` is `SASFTSFTTrainer`."""
+    if base is None:
+        try:
+            from trl import SFTTrainer as base
+        except ImportError as e:
+            raise QScopeError("SASFTSFTTrainer needs TRL: pip install trl") from e
+    return SASFTTrainer if base is _Trainer else _with_penalty(base)
+
+
+@functools.lru_cache(maxsize=None)
+def _with_penalty(base: type) -> type:
+    return type(f"SASFT{base.__name__}", (SASFTLossMixin, base),
+                {"__module__": __name__, "__doc__": f"{base.__name__} + the SASFT penalty (`penalty=`)."})
+
+
+def __getattr__(name: str):
+    if name == "SASFTSFTTrainer":  # built on first use, so trl stays optional
+        return sasft_trainer()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------- data + a plain loop
