@@ -1,14 +1,15 @@
-"""Atomic writes: a crash or kill never leaves a half-written file behind."""
+"""File writes that survive a crash or kill: atomic files and folders, append-only caches; streamed hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 @contextmanager
@@ -51,3 +52,31 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def save_png(fig, path: str | os.PathLike, dpi: int = 120, **savefig: Any) -> Path:
+    """Write a matplotlib figure as PNG, atomically, and close it (figures are not freed otherwise)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, **savefig)
+    plt.close(fig)
+    return path
+
+
+def append_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
+    """Append lines to a per-item cache file; its readers skip a last line torn by a kill."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(line + "\n" for line in lines))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, streamed (artefacts can be tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

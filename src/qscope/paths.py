@@ -18,3 +18,8 @@ def home_dir(*parts: str) -> Path:
     path = qscope_home().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def file_slug(text: str) -> str:
+    """A model or benchmark name as a cache file name: unsafe characters -> '_', the last 80 kept."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-80:]

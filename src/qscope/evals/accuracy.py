@@ -13,7 +13,6 @@ output against tests, which qscope does not do. Results are cached per item, so 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import string
@@ -25,8 +24,9 @@ import numpy as np
 import torch
 
 from ..errors import QScopeError
-from ..paths import home_dir
-from .benchmarks import LETTERS, BenchItem
+from ..io import append_lines
+from ..paths import file_slug, home_dir
+from .benchmarks import LETTERS, BenchItem, item_key, resume_order
 
 
 @dataclass
@@ -220,14 +220,6 @@ def _predict(lm, items: Sequence[BenchItem], cfg: AccuracyConfig) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- run with cache
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-80:]
-
-
-def _hash(prompt: str) -> str:
-    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:16]
-
-
 def evaluate(lm, items: Sequence[BenchItem], config: AccuracyConfig | None = None, benchmark: str | None = None,
              cache: bool | Path = True, progress: Callable[[int], None] | None = None) -> AccuracyResult:
     """Score `lm` on `items` -> per-item 0/1 (in item order); cached per model and benchmark."""
@@ -245,8 +237,8 @@ def evaluate(lm, items: Sequence[BenchItem], config: AccuracyConfig | None = Non
     if cache is not False:
         root = home_dir("accuracy") if cache is True else Path(cache)
         method = f".{cfg.mc_method}" if items[0].kind == "mc" else (".chat" if cfg.chat else "")
-        path = root / _slug(lm.name) / f"{_slug(benchmark)}{method}.jsonl"
-    keys = [(it.id, _hash(it.prompt)) for it in items]
+        path = root / file_slug(lm.name) / f"{file_slug(benchmark)}{method}.jsonl"
+    keys = [item_key(it) for it in items]
     found: dict[tuple[str, str], tuple[str, int]] = {}
     if path and path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -255,11 +247,7 @@ def evaluate(lm, items: Sequence[BenchItem], config: AccuracyConfig | None = Non
                 found[(rec["id"], rec["h"])] = (rec["pred"], int(rec["correct"]))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
-    todo = [j for j, k in enumerate(keys) if k not in found]
-    # Length-sorted batches within windows that follow the item order: an interrupted run has
-    # finished a prefix of the (seeded) sample, which a smaller --limit then reuses.
-    window = cfg.batch_size * 8
-    todo = [j for w in range(0, len(todo), window) for j in sorted(todo[w:w + window], key=lambda j: len(items[j].prompt))]
+    todo = resume_order([j for j, k in enumerate(keys) if k not in found], items, cfg.batch_size)
     if progress and len(items) > len(todo):
         progress(len(items) - len(todo))
     for start in range(0, len(todo), cfg.batch_size):
@@ -271,9 +259,7 @@ def evaluate(lm, items: Sequence[BenchItem], config: AccuracyConfig | None = Non
             lines.append(json.dumps({"id": keys[j][0], "h": keys[j][1], "pred": p, "correct": found[keys[j]][1]},
                                     ensure_ascii=False))
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write("\n".join(lines) + "\n")
+            append_lines(path, lines)
         if progress:
             progress(len(chunk))
     correct = [found[k][1] for k in keys]

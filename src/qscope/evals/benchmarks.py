@@ -11,6 +11,7 @@ choices and end in "Answer:", whose gold answer is the letter.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
 import os
@@ -20,7 +21,7 @@ import sys
 import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..errors import QScopeError
 
@@ -43,6 +44,19 @@ class BenchItem:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def item_key(item: BenchItem) -> tuple[str, str]:
+    """The key of an item's cached result: its id and a prompt hash, so an edited prompt is redone."""
+    return item.id, hashlib.sha1(item.prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def resume_order(todo: list[int], items: Sequence[BenchItem], batch_size: int) -> list[int]:
+    """`todo` length-sorted (less padding) within windows of 8 batches that follow the item order,
+    so an interrupted run has finished a prefix of the (seeded) sample, which a smaller limit reuses."""
+    window = batch_size * 8
+    return [j for w in range(0, len(todo), window)
+            for j in sorted(todo[w:w + window], key=lambda j: len(items[j].prompt))]
 
 
 # ---------------------------------------------------------------------------- prompts

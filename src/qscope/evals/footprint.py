@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from ..errors import QScopeError
-from ..paths import home_dir
-from .benchmarks import BenchItem
+from ..io import append_lines
+from ..paths import file_slug, home_dir
+from .benchmarks import BenchItem, item_key, resume_order
 
 POSITIONS = ("last", "any")
 
@@ -86,18 +87,10 @@ def sae_fingerprint(sae) -> str:
     return digest.hexdigest()[:12]
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-80:]
-
-
 def cache_file(lm, sae, layer: int, position: str, benchmark: str, max_length: int, root: Path | None = None) -> Path:
     root = Path(root) if root else home_dir("footprints")
-    key = f"{_slug(lm.name)}__sae-{sae_fingerprint(sae)}__L{layer}__{position}__T{max_length}"
-    return root / key / f"{_slug(benchmark)}.jsonl"
-
-
-def _prompt_hash(prompt: str) -> str:
-    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:16]
+    key = f"{file_slug(lm.name)}__sae-{sae_fingerprint(sae)}__L{layer}__{position}__T{max_length}"
+    return root / key / f"{file_slug(benchmark)}.jsonl"
 
 
 def read_cache(path: Path) -> dict[tuple[str, str], np.ndarray]:
@@ -166,7 +159,7 @@ def compute_footprints(lm, saes: Sequence, items: Sequence[BenchItem], config: F
         raise QScopeError("give one SAE per layer (the SAEs' own layers) when computing several footprints")
     layers = [lm.check_sae(sae, config.layer) for sae in saes]
     benchmark = benchmark or items[0].benchmark or "benchmark"
-    keys = [(it.id, _prompt_hash(it.prompt)) for it in items]
+    keys = [item_key(it) for it in items]
     combos = [(sae, layer, pos) for sae, layer in zip(saes, layers) for pos in positions]
     paths = [cache_file(lm, sae, layer, pos, benchmark, config.max_length, None if cache is True else cache)
              if cache is not False else None for sae, layer, pos in combos]
@@ -174,10 +167,7 @@ def compute_footprints(lm, saes: Sequence, items: Sequence[BenchItem], config: F
     todo = [j for j, key in enumerate(keys) if any(key not in f for f in found)]
     if progress and len(items) > len(todo):
         progress(len(items) - len(todo))
-    # Similar lengths share a batch (less padding), sorted within windows that follow the item
-    # order, so an interrupted run has finished a prefix of the (seeded) sample.
-    window = config.batch_size * 8
-    todo = [j for w in range(0, len(todo), window) for j in sorted(todo[w:w + window], key=lambda j: len(items[j].prompt))]
+    todo = resume_order(todo, items, config.batch_size)
     for start in range(0, len(todo), config.batch_size):
         chunk = todo[start:start + config.batch_size]
         with left_truncation(lm):
@@ -193,9 +183,7 @@ def compute_footprints(lm, saes: Sequence, items: Sequence[BenchItem], config: F
                 got[keys[j]] = item_features(*codes[id(sae), row], pos)
                 lines.append(json.dumps({"id": keys[j][0], "h": keys[j][1], "f": got[keys[j]].tolist()}))
             if path:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "a", encoding="utf-8") as fh:
-                    fh.write("\n".join(lines) + "\n")
+                append_lines(path, lines)
         if progress:
             progress(len(chunk))
     return [Footprint(benchmark, [k[0] for k in keys], [got[k] for k in keys], sae.cfg.d_sae, layer, pos,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..io import atomic_path, write_json
+from ..io import save_png, write_json
 from .overlap import OverlapResult
 from .redundancy import CoverageCurve, PerformanceRedundancy
 
@@ -31,11 +31,7 @@ def _style(i: int) -> str:
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
-    _plt().close(fig)
-    return path
+    return save_png(fig, path, dpi=130, bbox_inches="tight")
 
 
 def overlap_heatmap(result: OverlapResult, path: str | Path, kind: str = "overlap", title: str | None = None) -> Path:
@@ -60,37 +56,37 @@ def overlap_heatmap(result: OverlapResult, path: str | Path, kind: str = "overla
     return _save(fig, path)
 
 
-def coverage_plot(curves: Sequence[CoverageCurve], path: str | Path, title: str | None = None) -> Path:
-    """Coverage c_n against the fraction n/|D| of items, one line per benchmark, R_hat in the legend."""
+def _subset_curves(lines: list[tuple[str, int, Sequence[float]]], path: str | Path, ylabel: str,
+                   ylim: tuple[float, float], title: str) -> Path:
+    """One curve per benchmark against the subset fraction n/|D|; `lines`: (label, |D|, values), legend order."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, c in enumerate(sorted(curves, key=lambda c: -c.r_hat)):
-        x = [n / c.n_items for n in range(1, c.n_items + 1)]
-        ax.plot(x, c.coverage, lw=1.4, color=_color(i), ls=_style(i), label=f"{c.benchmark}  R̂={c.r_hat:.3f}")
+    for i, (label, n_items, values) in enumerate(lines):
+        x = [n / n_items for n in range(1, n_items + 1)]
+        ax.plot(x, values, lw=1.4, color=_color(i), ls=_style(i), label=label)
     ax.set_xlabel("subset size n / |D|")
-    ax.set_ylabel("c_n = E|F(S)| / |F(D)|")
-    ax.set_ylim(0, 1.01)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(title or "feature coverage of random subsets", fontsize=9)
+    ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def coverage_plot(curves: Sequence[CoverageCurve], path: str | Path, title: str | None = None) -> Path:
+    """Coverage c_n against the fraction n/|D| of items, one line per benchmark, R_hat in the legend."""
+    lines = [(f"{c.benchmark}  R̂={c.r_hat:.3f}", c.n_items, c.coverage)
+             for c in sorted(curves, key=lambda c: -c.r_hat)]
+    return _subset_curves(lines, path, "c_n = E|F(S)| / |F(D)|", (0, 1.01),
+                          title or "feature coverage of random subsets")
 
 
 def tau_plot(results: Sequence[PerformanceRedundancy], path: str | Path, title: str | None = None) -> Path:
     """tau_n against n/|D| per benchmark (how well n items rank the models as all items do)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, r in enumerate(sorted(results, key=lambda r: -r.r)):
-        x = [n / r.n_items for n in range(1, r.n_items + 1)]
-        ax.plot(x, r.tau, lw=1.4, color=_color(i), ls=_style(i), label=f"{r.benchmark}  R={r.r:.3f}")
-    ax.set_xlabel("subset size n / |D|")
-    ax.set_ylabel("tau_n = E Kendall tau(acc_S, acc_D)")
-    ax.set_ylim(-1.01, 1.01)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    lines = [(f"{r.benchmark}  R={r.r:.3f}", r.n_items, r.tau) for r in sorted(results, key=lambda r: -r.r)]
     n_models = results[0].n_models if results else 0
-    ax.set_title(title or f"performance redundancy over {n_models} models", fontsize=9)
-    return _save(fig, path)
+    return _subset_curves(lines, path, "tau_n = E Kendall tau(acc_S, acc_D)", (-1.01, 1.01),
+                          title or f"performance redundancy over {n_models} models")
 
 
 def scatter_plot(r_hat: dict[str, float], r: dict[str, float], path: str | Path, title: str = "") -> Path:

@@ -106,7 +106,7 @@ def histogram_png(dash: FeatureDashboard, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
+    from ..io import save_png
 
     fig, ax = plt.subplots(figsize=(6, 3))
     if dash.histogram:
@@ -117,8 +117,4 @@ def histogram_png(dash: FeatureDashboard, path: str | Path) -> Path:
     ax.set_ylabel("tokens")
     ax.set_title(f"feature {dash.feature}, layer {dash.layer}: density {dash.density:.3%}")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -7,7 +7,6 @@ plain fp32 HF folder under QSCOPE_HOME, so every later load is a fast `from_pret
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import QScopeError
-from ..io import atomic_dir
+from ..io import atomic_dir, sha256_file
 from ..paths import home_dir
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -85,7 +84,7 @@ def convert_gguf(gguf: Path, target: Path, name: str | None = None) -> Path:
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        source = {"gguf": str(gguf), "sha256": _sha256(gguf), "name": name or gguf.stem}
+        source = {"gguf": str(gguf), "sha256": sha256_file(gguf), "name": name or gguf.stem}
         (tmp / "qscope_source.json").write_text(json.dumps(source, indent=2) + "\n")
     return target
 
@@ -95,14 +94,6 @@ def _from_gguf(cls, gguf: Path, **kwargs):
         return cls.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **kwargs)
     except Exception as exc:
         raise QScopeError(f"{gguf}: could not read as GGUF ({str(exc).strip().splitlines()[0][:200]})") from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pick_device(device: str | None) -> torch.device:

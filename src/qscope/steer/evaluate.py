@@ -276,7 +276,7 @@ def plot_success_fluency(result: SteerEvalResult, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
+    from ..io import save_png
 
     use_detector = result.detector is not None
     metric = "success" if use_detector else "target_mean"
@@ -296,8 +296,4 @@ def plot_success_fluency(result: SteerEvalResult, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -28,9 +28,10 @@ import torch
 
 from ..errors import QScopeError
 from ..evals.accuracy import first_line, letter_token_ids, math_correct, open_correct
-from ..evals.benchmarks import LETTERS, BenchItem
+from ..evals.benchmarks import LETTERS, BenchItem, item_key
+from ..io import append_lines
 from ..model.hooks import hidden_of
-from ..paths import home_dir
+from ..paths import file_slug, home_dir
 
 MC_SCORING = ("letter", "cloze")
 
@@ -271,17 +272,9 @@ def label_batch(lm, items: Sequence[BenchItem], cfg: LabelConfig) -> list[Labell
 
 
 # ---------------------------------------------------------------------------- cache
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-80:]
-
-
-def _hash(prompt: str) -> str:
-    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:16]
-
-
 def cache_path(lm, benchmark: str, cfg: LabelConfig, root: Path | None = None) -> Path:
     root = root or home_dir("uncertainty")
-    return root / _slug(lm.name) / f"{_slug(benchmark)}-{cfg.key()}.jsonl"
+    return root / file_slug(lm.name) / f"{file_slug(benchmark)}-{cfg.key()}.jsonl"
 
 
 def _read_cache(path: Path) -> dict[tuple[str, str], LabelledItem]:
@@ -310,7 +303,7 @@ def build_labelled_set(lm, items: Sequence[BenchItem], config: LabelConfig | Non
     if cache is not False:
         path = cache_path(lm, benchmark, cfg, None if cache is True else Path(cache))
     found = _read_cache(path) if path else {}
-    keys = [(it.id, _hash(it.prompt)) for it in items]
+    keys = [item_key(it) for it in items]
     todo = sorted((j for j, k in enumerate(keys) if k not in found), key=lambda j: len(items[j].prompt))
     if progress and len(items) > len(todo):
         progress(len(items) - len(todo))
@@ -320,9 +313,7 @@ def build_labelled_set(lm, items: Sequence[BenchItem], config: LabelConfig | Non
         for j, item in zip(chunk, done):
             found[keys[j]] = item
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write("".join(item.to_json(keys[j][1]) + "\n" for j, item in zip(chunk, done)))
+            append_lines(path, (item.to_json(keys[j][1]) for j, item in zip(chunk, done)))
         if progress:
             progress(len(chunk))
     return LabelledSet(benchmark, lm.name, [found[k] for k in keys], asdict(cfg))

@@ -14,7 +14,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..errors import QScopeError
-from ..io import atomic_path, write_json
+from ..io import save_png, write_json
 
 COVERAGES = np.round(np.linspace(0.1, 1.0, 19), 3)
 
@@ -148,12 +148,6 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    return path
-
-
 def plot_selective(report: UncertaintyReport, path: str | Path) -> Path:
     """Accuracy vs coverage for each curve in the report, with the base accuracy as a line."""
     plt = _pyplot()
@@ -166,9 +160,7 @@ def plot_selective(report: UncertaintyReport, path: str | Path) -> Path:
            title=f"{report.benchmark}: selective prediction ({report.n_items} items)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, Path(path))
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=110)
 
 
 def plot_layers(report: UncertaintyReport, path: str | Path) -> Path:
@@ -192,9 +184,7 @@ def plot_layers(report: UncertaintyReport, path: str | Path) -> Path:
     ax.set(xlabel="layer", ylabel="AUROC (predicting a right answer)", title=f"{report.benchmark}: AUROC per layer")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, Path(path))
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=110)
 
 
 def write_report(report: UncertaintyReport, out: str | Path, name: str | None = None) -> list[Path]:
