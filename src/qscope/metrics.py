@@ -210,12 +210,9 @@ def _resolve_layer(lm, sae, layer: int | None) -> int:
 def _progress(enabled: bool, total: int):
     if not enabled:
         return nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from .cli.common import progress_bar
 
-    from .cli.common import console
-
-    return Progress(TextColumn("evaluating SAE"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True)
+    return progress_bar("evaluating SAE")
 
 
 @torch.no_grad()

@@ -9,13 +9,19 @@ import typer
 from rich.table import Table
 
 from ..errors import QScopeError
-from .common import DeviceOpt, JsonOpt, ModelOpt, SaeOpt, console, emit_json, read_texts
+from .common import DeviceOpt, JsonOpt, ModelOpt, SaeOpt, console, emit_json, progress_bar, read_texts
 
 app = typer.Typer(help="Classify texts with SAE features (top-K OR rule, no trained head).", no_args_is_help=True)
 
 LayersOpt = typer.Option(
     None, "--layers", help="Comma-separated layers, e.g. 6,15,24 (default: every shipped SAE layer)."
 )
+NDiscoveryOpt = typer.Option(400, help="Discovery texts per class.")
+SplitSeedOpt = typer.Option(0, help="Split seed.")
+CacheDirOpt = typer.Option(None, "--cache", help="Code cache folder (default QSCOPE_HOME/codes).")
+ClassifierOpt = typer.Option(..., "--classifier", "-c", help="Classifier JSON from `classify discover`.")
+SavedModelOpt = typer.Option(None, "--model", "-m", help="Model (default: the one saved in the classifier).")
+SavedSaeOpt = typer.Option(None, "--sae", "-s", help="SAE source (default: the one saved in the classifier).")
 
 
 def register(root: typer.Typer) -> None:
@@ -47,19 +53,6 @@ def load_model_and_saes(model: str, sae: str, layers: list[int] | None, device: 
     for l, s in saes.items():
         lm.check_sae(s, l)
     return lm, saes
-
-
-def _bar():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 def _task(name: str | None, pos: str | None, neg: str | None, n_discovery: int, n_test: int, seed: int):
@@ -117,10 +110,10 @@ def discover_cmd(
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Use this layer instead of the top1-diff choice."),
     k: int = typer.Option(5, "-k", help="Features ORed together (top K by delta)."),
     multi: int = typer.Option(0, help="Instead: OR the best feature of the top-m layers (m>0)."),
-    n_discovery: int = typer.Option(400, help="Discovery texts per class."),
-    seed: int = typer.Option(0, help="Split seed."),
+    n_discovery: int = NDiscoveryOpt,
+    seed: int = SplitSeedOpt,
     max_length: int = typer.Option(128, help="Tokens per text (longer texts are cut)."),
-    cache_dir: Optional[str] = typer.Option(None, "--cache", help="Code cache folder (default QSCOPE_HOME/codes)."),
+    cache_dir: Optional[str] = CacheDirOpt,
     device: DeviceOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -135,7 +128,7 @@ def discover_cmd(
     t = _task(task, pos, neg, n_discovery, 2, seed)
     lm, saes = load_model_and_saes(model, sae, int_list(layers, "--layers"), device)
     cache = _cache(lm, saes, cache_dir, max_length)
-    with _bar() as bar:
+    with progress_bar() as bar:
         job = bar.add_task("encoding discovery texts", total=len(cache.missing(t.discovery.texts)))
         codes = cache.codes(t.discovery.texts, progress=lambda n: bar.advance(job, n))
     y = t.discovery.labels
@@ -177,16 +170,12 @@ def discover_cmd(
 
 @app.command("run")
 def run_cmd(
-    classifier: Path = typer.Option(..., "--classifier", "-c", help="Classifier JSON from `classify discover`."),
+    classifier: Path = ClassifierOpt,
     texts: List[str] = typer.Argument(None, help="Texts to classify (or use --texts)."),
     source: Optional[str] = typer.Option(None, "--texts", help="A file, folder or corpus name of texts."),
     limit: int = typer.Option(100, help="At most this many texts from --texts."),
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Model (default: the one saved in the classifier)."
-    ),
-    sae: Optional[str] = typer.Option(
-        None, "--sae", "-s", help="SAE source (default: the one saved in the classifier)."
-    ),
+    model: Optional[str] = SavedModelOpt,
+    sae: Optional[str] = SavedSaeOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the labels as JSON here."),
     device: DeviceOpt = None,
     json: JsonOpt = False,
@@ -240,12 +229,12 @@ def eval_cmd(
     sae: SaeOpt = "default",
     layers: Optional[str] = LayersOpt,
     ks: str = typer.Option("1,2,5,10", help="K values (features ORed)."),
-    n_discovery: int = typer.Option(400, help="Discovery texts per class."),
+    n_discovery: int = NDiscoveryOpt,
     n_test: int = typer.Option(200, help="Test texts per class."),
     seeds: int = typer.Option(5, help="Repeats per data fraction of the efficiency curve."),
-    seed: int = typer.Option(0, help="Split seed."),
+    seed: int = SplitSeedOpt,
     max_length: int = typer.Option(128, help="Tokens per text."),
-    cache_dir: Optional[str] = typer.Option(None, "--cache", help="Code cache folder (default QSCOPE_HOME/codes)."),
+    cache_dir: Optional[str] = CacheDirOpt,
     keep_residuals: bool = ResidualsOpt,
     device: DeviceOpt = None,
     json: JsonOpt = False,
@@ -270,7 +259,7 @@ def eval_cmd(
     reports = []
     for name in names:
         t = _task(name, pos, neg, n_discovery, n_test, seed)
-        with _bar() as bar:
+        with progress_bar() as bar:
             job = bar.add_task(f"{t.name}: encoding", total=len(cache.missing(t.all_texts())))
             rep = evaluate_task(
                 t,
@@ -327,15 +316,11 @@ def _print_report(rep) -> None:
 
 @app.command("corpus")
 def corpus_cmd(
-    classifier: Path = typer.Option(..., "--classifier", "-c", help="Classifier JSON from `classify discover`."),
+    classifier: Path = ClassifierOpt,
     source: str = typer.Option(..., "--texts", help="A file, folder or corpus name (read lazily)."),
     out: Path = typer.Option(..., "--out", "-o", help="JSONL with index, label, fired per text."),
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Model (default: the one saved in the classifier)."
-    ),
-    sae: Optional[str] = typer.Option(
-        None, "--sae", "-s", help="SAE source (default: the one saved in the classifier)."
-    ),
+    model: Optional[str] = SavedModelOpt,
+    sae: Optional[str] = SavedSaeOpt,
     limit: Optional[int] = typer.Option(None, help="Stop after this many texts."),
     keep_text: bool = typer.Option(False, help="Copy each text into its output line."),
     ray: bool = typer.Option(False, "--ray", help="Use a Ray Data actor pool (not resumable)."),
@@ -356,7 +341,7 @@ def corpus_cmd(
     clf = FeatureClassifier.load(classifier)
     model_, sae_ = model or clf.meta.get("model", "default"), sae or clf.meta.get("sae", "default")
     max_length = clf.meta.get("max_length", 128)
-    with _bar() as bar:
+    with progress_bar() as bar:
         job = bar.add_task("classifying", total=limit)
         tick = lambda n: bar.advance(job, n)  # noqa: E731
         if ray:

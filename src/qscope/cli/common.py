@@ -33,6 +33,14 @@ DtypeOpt = Annotated[Optional[str], typer.Option(help="float32 / bfloat16 (defau
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
+def progress_bar(label: str = "{task.description}"):
+    """The transient stderr progress bar of the CLI (description, bar, n/total, time left)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True)
+
+
 def load_pair(model: str, sae: str, layer: int | None, device: str | None = None, dtype: str | None = None):
     """Load a model and an SAE for it (spinner on stderr); checks they fit together."""
     from ..model import load_model

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from ..errors import QScopeError
-from .common import DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_pair
+from .common import (DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_pair,
+                     progress_bar)
 
 app = typer.Typer(help="Evaluation analysis with SAE features (footprints, redundancy, overlap).", no_args_is_help=True)
 
@@ -25,6 +26,7 @@ SeedOpt = typer.Option(0, help="Seed of the item sample and of the Monte-Carlo s
 OutOpt = typer.Option(None, "--out", "-o", help="Folder for JSON results and PNG plots.")
 FootprintsOpt = typer.Option(None, "--footprints", "-f", help="Reuse a footprints.json written by "
                                                               "`qscope evals footprint --out` instead of a model run.")
+ItemsOpt = typer.Option(None, help="Cut every benchmark to this many items (default: the smallest count; 0: keep all).")
 PositionOpt = typer.Option("last", help="'last' token, or 'any' token except position 0 ('both' for footprint).")
 TemplateOpt = typer.Option(None, help="For .jsonl benchmarks: prompt template, e.g. 'Q: {question}\\nA:'.")
 AnswerFieldOpt = typer.Option(None, help="For .jsonl benchmarks: the gold answer field.")
@@ -50,13 +52,6 @@ def _bench_name(spec: str) -> str:
     return Path(name).name.split(".")[0] if name.endswith((".jsonl", ".gz", ".json")) else name
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True)
-
-
 def _footprints(benchmarks, footprints_file, model, sae, layer, limit, seed, position, max_length, batch_size,
                 template=None, answer_field=None, choices_field=None, device=None, dtype=None, keep=None):
     """Footprints from a saved file, or computed now (per-item cache under QSCOPE_HOME).
@@ -80,7 +75,7 @@ def _footprints(benchmarks, footprints_file, model, sae, layer, limit, seed, pos
     lm, sae_ = load_pair(model, sae, layer, device, dtype)
     cfg = FootprintConfig(layer=layer, position=position, max_length=max_length, batch_size=batch_size)
     out = []
-    with _progress() as bar:
+    with progress_bar() as bar:
         for name, items in item_sets:
             task = bar.add_task(f"footprint {name}", total=len(items))
             out.append(compute_footprint(lm, sae_, items, cfg, benchmark=name,
@@ -208,7 +203,7 @@ def _multi_layer_footprints(benchmarks, model, sae, layers, limit, seed, positio
     labels = [f"L{n}" + ("" if p == "last" else f"-{p}") for n in layers for p in positions]
     groups: dict[str, list] = {label: [] for label in labels}
     cfg = FootprintConfig(max_length=max_length, batch_size=batch_size)
-    with _progress() as bar:
+    with progress_bar() as bar:
         for name, items in item_sets:
             task = bar.add_task(f"footprint {name}", total=len(items))
             fps = compute_footprints(lm, saes, items, cfg, benchmark=name, positions=positions,
@@ -227,7 +222,7 @@ def redundancy_cmd(
     footprints: Optional[Path] = FootprintsOpt,
     accuracy: Optional[Path] = typer.Option(None, help="Folder of `qscope evals accuracy --out` results "
                                                        "(<model>/<benchmark>.json) for tau_n, R and Spearman(R, R_hat)."),
-    items: Optional[int] = typer.Option(None, help="Cut every benchmark to this many items (default: the smallest count; 0: keep all)."),
+    items: Optional[int] = ItemsOpt,
     samples: int = typer.Option(200, help="Monte-Carlo permutations per benchmark."),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
@@ -314,7 +309,7 @@ def _performance(folder: Path, names: list[str], samples: int, seed: int):
 def overlap_cmd(
     benchmarks: List[str] = BenchArgs,
     footprints: Optional[Path] = FootprintsOpt,
-    items: Optional[int] = typer.Option(None, help="Cut every benchmark to this many items (default: the smallest count; 0: keep all)."),
+    items: Optional[int] = ItemsOpt,
     pair: Optional[List[str]] = typer.Option(None, help="Report A->B and B->A for this pair, e.g. --pair gsm8k,math."),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
@@ -367,7 +362,7 @@ def rank_cmd(
     suite: str = typer.Option(..., help="Comma-separated benchmarks of the current suite."),
     footprints: Optional[Path] = FootprintsOpt,
     unique: int = typer.Option(8, help="Unique features listed per candidate (vs the suite), with promoted tokens."),
-    items: Optional[int] = typer.Option(None, help="Cut every benchmark to this many items (default: the smallest count; 0: keep all)."),
+    items: Optional[int] = ItemsOpt,
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
@@ -445,7 +440,7 @@ def accuracy_cmd(
         lm = load_model(model, device=device, dtype=dtype)
     cfg = AccuracyConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, mc_method=mc_method, chat=chat)
     results = []
-    with _progress() as bar:
+    with progress_bar() as bar:
         for name, its in item_sets:
             task = bar.add_task(f"{name}", total=len(its))
             results.append(evaluate(lm, its, cfg, benchmark=name, progress=lambda k, t=task: bar.advance(t, k)))

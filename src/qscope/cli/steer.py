@@ -16,6 +16,7 @@ from .common import (
     console,
     emit_json,
     load_pair,
+    progress_bar,
     read_texts,
 )
 
@@ -24,6 +25,13 @@ app = typer.Typer(help="Steer generation with SAE features.", no_args_is_help=Tr
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="steer")
+
+
+# The edit options of `run` and `eval`.
+ModeOpt = typer.Option("add", help="add: h + s*d · clamp: set the feature's activation to s.")
+RelativeOpt = typer.Option(False, help="add mode: strength is a multiple of the residual norm.")
+GateOpt = typer.Option(None, help="Edit only where this feature fires (feature-selective steering).")
+PositionsOpt = typer.Option("all", help="all, prompt or generated.")
 
 
 def parse_edit(spec: str, mode: str, relative: bool, gate: int | None):
@@ -41,10 +49,10 @@ def parse_edit(spec: str, mode: str, relative: bool, gate: int | None):
 def run(
     prompt: str = typer.Argument(..., help="The prompt (a user message with --chat)."),
     feature: list[str] = typer.Option(..., "--feature", "-f", help="FEATURE:STRENGTH, repeatable."),
-    mode: str = typer.Option("add", help="add: h + s*d · clamp: set the feature's activation to s."),
-    relative: bool = typer.Option(False, help="add mode: strength is a multiple of the residual norm."),
-    gate: int = typer.Option(None, help="Edit only where this feature fires (feature-selective steering)."),
-    positions: str = typer.Option("all", help="all, prompt or generated."),
+    mode: str = ModeOpt,
+    relative: bool = RelativeOpt,
+    gate: int = GateOpt,
+    positions: str = PositionsOpt,
     chat: bool = typer.Option(True, help="Wrap the prompt in the model's chat template."),
     max_new_tokens: int = typer.Option(48, help="Tokens generated."),
     model: ModelOpt = "default",
@@ -109,10 +117,10 @@ def make_detector(spec: str | None):
 def eval_(
     feature: list[int] = typer.Option(..., "--feature", "-f", help="Feature to steer (repeatable: all get the same strength)."),
     strengths: str = typer.Option("0,10,20,40", help="Comma-separated strengths to sweep (negative suppresses)."),
-    mode: str = typer.Option("add", help="add: h + s*d · clamp: set the feature's activation to s."),
-    relative: bool = typer.Option(False, help="add mode: strength is a multiple of the residual norm."),
-    gate: int = typer.Option(None, help="Edit only where this feature fires (feature-selective steering)."),
-    positions: str = typer.Option("all", help="all, prompt or generated."),
+    mode: str = ModeOpt,
+    relative: bool = RelativeOpt,
+    gate: int = GateOpt,
+    positions: str = PositionsOpt,
     prompts: str = typer.Option(None, help="Prompts: a file / data spec (one per paragraph or jsonl 'text'); default: built-in neutral prompts."),
     limit: int = typer.Option(None, help="Use at most this many prompts."),
     detector: str = typer.Option(None, help="Concept detector: a language (en fr de es zh ja ko ru ar: the answer is mostly in it) or contains:LANG."),
@@ -135,14 +143,6 @@ def eval_(
     """
     from pathlib import Path
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     from ..io import write_json
     from ..steer import Steering
     from ..steer.evaluate import NEUTRAL_PROMPTS, evaluate_steering, n_generations
@@ -158,8 +158,7 @@ def eval_(
         return Steering(sae_, [parse_edit(f"{f}:{strength}", mode, relative, gate) for f in feature], positions, layer)
 
     total = n_generations(len(texts), len(values), baseline=bool(baseline))
-    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
+    with progress_bar("generating") as bar:
         job = bar.add_task("gen", total=total)
         result = evaluate_steering(lm, factory, texts, values, detector=detect, target_feature=target,
                                    baseline_prompt=baseline, sae=sae_, max_new_tokens=max_new_tokens,

@@ -9,7 +9,18 @@ import typer
 from rich.table import Table
 
 from ..errors import QScopeError
-from .common import DeviceOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_pair, read_texts
+from .common import (
+    DeviceOpt,
+    JsonOpt,
+    LayerOpt,
+    ModelOpt,
+    SaeOpt,
+    console,
+    emit_json,
+    load_pair,
+    progress_bar,
+    read_texts,
+)
 
 app = typer.Typer(
     help="Feature-driven data synthesis: coverage of target features, generate for the gaps.", no_args_is_help=True
@@ -40,19 +51,6 @@ def _targets(
         with console.status("finding target features by contrast"):
             return targets_from_contrast(lm, sae, read_texts(contrast_pos, limit), read_texts(contrast_neg, limit), n=n)
     raise QScopeError("give --targets IDS (or a file) or both --contrast-pos and --contrast-neg")
-
-
-def _bar():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 TargetsOpt = typer.Option(None, "--targets", help="Target feature ids, comma-separated, or a file of ids.")
@@ -86,7 +84,7 @@ def coverage_cmd(
     lm, sae_ = load_pair(model, sae, layer, device)
     ids = _targets(lm, sae_, targets, contrast_pos, contrast_neg, n_targets, limit)
     items = read_texts(texts, limit)
-    with _bar() as bar:
+    with progress_bar() as bar:
         job = bar.add_task("encoding", total=len(items))
         cov = coverage(lm, sae_, items, ids, progress=lambda n: bar.advance(job, n))
     if out:
@@ -180,7 +178,7 @@ def generate_cmd(
     else:
         gen = LocalSteered(lm, sae_, strength=strength, max_new_tokens=max_new_tokens)
     seeds = read_texts(seed_texts, limit)
-    with _bar() as bar:
+    with progress_bar() as bar:
         jobs: dict[str, int] = {}
 
         def tick(what: str, n: int, total: int) -> None:
