@@ -171,8 +171,33 @@ class RowSteering:
         return {layer: fn}
 
 
+class _LocalSampler:
+    """Batched sampling with the local model, shared by the local generators: a subclass says how
+    a batch of targets is prompted (`_batch`) and what a candidate records (`_candidate`)."""
+
+    def generate(self, target: int | None, n: int, seed: int) -> list[dict]:
+        return self.generate_batch([target] * n, seed)
+
+    def generate_batch(self, targets: Sequence[int | None], seed: int) -> list[dict]:
+        """One candidate per entry of `targets`, `batch` rows per generate call."""
+        out: list[dict] = []
+        for start in range(0, len(targets), self.batch):
+            rows = list(targets[start : start + self.batch])
+            prompts, options = self._batch(rows, seed + start)
+            texts = self.lm.generate(
+                prompts,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=True,
+                temperature=self.temperature,
+                seed=seed + start,
+                **options,
+            )
+            out += [self._candidate(f, p, t.strip(), seed + start) for f, p, t in zip(rows, prompts, texts)]
+        return out
+
+
 @dataclass
-class LocalSteered:
+class LocalSteered(_LocalSampler):
     """The local model, sampling on neutral prompts with the target's decoder direction added
     at every position (`target=None`: the same sampling unsteered, i.e. the random baseline).
     `generate_batch` serves many targets in one batched generate call."""
@@ -190,35 +215,14 @@ class LocalSteered:
     def name(self) -> str:
         return f"local:{self.lm.name}"
 
-    def generate(self, target: int | None, n: int, seed: int) -> list[dict]:
-        return self.generate_batch([target] * n, seed)
+    def _batch(self, rows: list[int | None], seed: int) -> tuple[list[str], dict]:
+        prompts = [self.prompts[(seed + i) % len(self.prompts)] for i in range(len(rows))]
+        steer = RowSteering(self.sae, rows, self.strength) if any(t is not None for t in rows) else None
+        return prompts, {"steer": steer, "chat": self.chat}
 
-    def generate_batch(self, targets: Sequence[int | None], seed: int) -> list[dict]:
-        """One candidate per entry of `targets` (None = unsteered), `batch` rows per generate call."""
-        out: list[dict] = []
-        for start in range(0, len(targets), self.batch):
-            rows = list(targets[start : start + self.batch])
-            prompts = [self.prompts[(seed + start + i) % len(self.prompts)] for i in range(len(rows))]
-            steer = RowSteering(self.sae, rows, self.strength) if any(t is not None for t in rows) else None
-            texts = self.lm.generate(
-                prompts,
-                max_new_tokens=self.max_new_tokens,
-                steer=steer,
-                chat=self.chat,
-                do_sample=True,
-                temperature=self.temperature,
-                seed=seed + start,
-            )
-            out += [
-                {
-                    "text": t.strip(),
-                    "prompt": p,
-                    "seed": seed + start,
-                    "steer": None if f is None else {"feature": f, "strength": self.strength},
-                }
-                for f, p, t in zip(rows, prompts, texts)
-            ]
-        return out
+    def _candidate(self, feature: int | None, prompt: str, text: str, seed: int) -> dict:
+        steer = None if feature is None else {"feature": feature, "strength": self.strength}
+        return {"text": text, "prompt": prompt, "seed": seed, "steer": steer}
 
 
 EXAMPLES_TEMPLATE = (
@@ -251,7 +255,7 @@ def describe_by_examples(texts: Sequence[str], max_acts, n: int = 3, seed: int =
 
 
 @dataclass
-class LocalPrompted:
+class LocalPrompted(_LocalSampler):
     """The local model, sampling from a prompt built from the feature's description (e.g. its
     top-activating examples); `target=None` describes no feature (random baseline)."""
 
@@ -266,24 +270,11 @@ class LocalPrompted:
     def name(self) -> str:
         return f"local-prompted:{self.lm.name}"
 
-    def generate(self, target: int | None, n: int, seed: int) -> list[dict]:
-        return self.generate_batch([target] * n, seed)
+    def _batch(self, rows: list[int | None], seed: int) -> tuple[list[str], dict]:
+        return [self.template.format(description=self.describe(t)) for t in rows], {"chat": True}
 
-    def generate_batch(self, targets: Sequence[int | None], seed: int) -> list[dict]:
-        out: list[dict] = []
-        for start in range(0, len(targets), self.batch):
-            rows = list(targets[start : start + self.batch])
-            prompts = [self.template.format(description=self.describe(t)) for t in rows]
-            texts = self.lm.generate(
-                prompts,
-                max_new_tokens=self.max_new_tokens,
-                chat=True,
-                do_sample=True,
-                temperature=self.temperature,
-                seed=seed + start,
-            )
-            out += [{"text": t.strip(), "prompt": p, "seed": seed + start} for p, t in zip(prompts, texts)]
-        return out
+    def _candidate(self, feature: int | None, prompt: str, text: str, seed: int) -> dict:
+        return {"text": text, "prompt": prompt, "seed": seed}
 
 
 def describe_by_tokens(lm, sae, n: int = 10) -> Callable[[int], str]:
