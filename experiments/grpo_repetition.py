@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import statistics
 import time
 from itertools import islice
 from pathlib import Path
@@ -26,6 +26,7 @@ import torch
 from qscope import load_model
 from qscope.data import iter_texts
 from qscope.io import write_json
+from qscope.metrics import text_perplexity
 from qscope.posttrain import GRPOConfig, add_lora, causal_check, repetition_features, repetitive_corpus, train_grpo
 from qscope.posttrain.repetition import mean_repetition_ratio
 from qscope.sae import SAE
@@ -42,22 +43,36 @@ def prompts():
     return ps[::2], ps[1::2][:24]  # train (50), held-out (24)
 
 
-@torch.no_grad()
-def perplexity(lm, texts, max_length=128):
-    nll, n = 0.0, 0
-    for i in range(0, len(texts), 8):
-        enc = lm.tokenize(texts[i:i + 8], max_length=max_length)
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        out = lm.model(**enc, labels=labels)
-        k = int((labels[:, 1:] != -100).sum())
-        nll += float(out.loss) * k
-        n += k
-    return math.exp(nll / n)
-
-
 def greedy_rep(lm, ps, tokens):
     outs = lm.generate(ps, max_new_tokens=tokens, chat=True, do_sample=False)
     return mean_repetition_ratio(outs), outs
+
+
+def run_variant(args, variant, seed, sae, top, strength, train_ps, eval_ps, held_ppl) -> dict:
+    """One GRPO run (LoRA on the default model) with periodic greedy repetition evals."""
+    t1 = time.time()
+    torch.manual_seed(seed)
+    lm = load_model("default")
+    add_lora(lm, r=8, alpha=16)
+    steer = Steering.add(sae, {f: strength for f in top}) if variant == "sae_guided" else None
+    cfg = GRPOConfig(group_size=args.group, prompts_per_step=args.per_step, max_new_tokens=args.tokens, lr=args.lr, kl_coef=0.04,
+                     steer=steer, temperature=1.0, seed=seed)
+    opt = torch.optim.AdamW([p for p in lm.model.parameters() if p.requires_grad], lr=args.lr)
+    rep0, outs = greedy_rep(lm, eval_ps, args.eval_tokens)
+    evals = [{"step": 0, "greedy_repetition": rep0}]
+    history = []
+    for start in range(0, args.steps, args.eval_every):
+        n = min(args.eval_every, args.steps - start)
+        history += train_grpo(lm, train_ps, cfg, n, optimizer=opt, start_step=start,
+                              callback=lambda s: print(seed, variant, s["step"], round(s["reward"], 3), round(s["repetition"], 3),
+                                                       s["repetition_steered"], round(s["kl"], 4), f"{time.time() - t1:.0f}s",
+                                                       flush=True))
+        rep, outs = greedy_rep(lm, eval_ps, args.eval_tokens)
+        evals.append({"step": start + n, "greedy_repetition": rep})
+        print(seed, variant, "eval", start + n, rep, flush=True)
+    return {"done": True, "history": history, "evals": evals, "heldout_ppl_en": text_perplexity(lm, held_ppl),
+            "final_greedy_repetition": evals[-1]["greedy_repetition"], "examples": outs[:4],
+            "config": cfg.to_dict(), "seconds": round(time.time() - t1)}
 
 
 def main():
@@ -75,6 +90,7 @@ def main():
     ap.add_argument("--eval-tokens", type=int, default=48)
     ap.add_argument("--docs-name", default="grpo_repetition", help="basename of the JSON/PNG written under docs/posttrain")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seeds", default="0,1,2", help="GRPO seeds (sampling and LoRA init); each is cached on its own")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -102,63 +118,55 @@ def main():
         del lm
     top, strength = feats["top"], feats["strength"]
 
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for variant in ("vanilla", "sae_guided"):
-        if variant in results and results[variant].get("done"):
-            continue
-        t1 = time.time()
-        lm = load_model("default")
-        add_lora(lm, r=8, alpha=16)
-        steer = Steering.add(sae, {f: strength for f in top}) if variant == "sae_guided" else None
-        cfg = GRPOConfig(group_size=args.group, prompts_per_step=args.per_step, max_new_tokens=args.tokens, lr=args.lr, kl_coef=0.04,
-                         steer=steer, temperature=1.0, seed=0)
-        opt = torch.optim.AdamW([p for p in lm.model.parameters() if p.requires_grad], lr=args.lr)
-        rep0, _ = greedy_rep(lm, eval_ps, args.eval_tokens)
-        evals = [{"step": 0, "greedy_repetition": rep0}]
-        history = []
-        for start in range(0, args.steps, args.eval_every):
-            n = min(args.eval_every, args.steps - start)
-            history += train_grpo(lm, train_ps, cfg, n, optimizer=opt, start_step=start,
-                                  callback=lambda s: print(variant, s["step"], round(s["reward"], 3), round(s["repetition"], 3),
-                                                           s["repetition_steered"], round(s["kl"], 4), f"{time.time() - t1:.0f}s",
-                                                           flush=True))
-            rep, outs = greedy_rep(lm, eval_ps, args.eval_tokens)
-            evals.append({"step": start + n, "greedy_repetition": rep})
-            print(variant, "eval", start + n, rep, flush=True)
-        ppl = perplexity(lm, held_ppl)
-        results[variant] = {"done": True, "history": history, "evals": evals, "heldout_ppl_en": ppl,
-                            "final_greedy_repetition": evals[-1]["greedy_repetition"], "examples": outs[:4],
-                            "config": cfg.to_dict(), "seconds": round(time.time() - t1)}
-        write_json(results_path, results)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    runs = {}  # seed -> variant -> result
+    for seed in seeds:
+        results_path = out / f"seed{seed}" / "results.json"
+        results = json.loads(results_path.read_text()) if results_path.exists() else {}
+        for variant in ("vanilla", "sae_guided"):
+            if variant not in results or not results[variant].get("done"):
+                results[variant] = run_variant(args, variant, seed, sae, top, strength, train_ps, eval_ps, held_ppl)
+                write_json(results_path, results)
+        runs[seed] = results
     base_lm = load_model("default")
-    base_ppl = perplexity(base_lm, held_ppl)
+    base_ppl = text_perplexity(base_lm, held_ppl)
+    finals = {v: [runs[sd][v]["final_greedy_repetition"] for sd in seeds] for v in ("vanilla", "sae_guided")}
+    ppls = {v: [runs[sd][v]["heldout_ppl_en"] for sd in seeds] for v in ("vanilla", "sae_guided")}
     summary = {"setup": vars(args), "features": feats, "base_heldout_ppl_en": base_ppl,
-               "results": {v: {k: r[k] for k in ("evals", "heldout_ppl_en", "final_greedy_repetition", "seconds", "examples")}
-                           for v, r in results.items()},
-               "train_curves": {v: [{k: h[k] for k in ("step", "reward", "repetition", "repetition_steered", "kl")} for h in r["history"]]
-                                for v, r in results.items()}}
+               "base_greedy_repetition": runs[seeds[0]]["vanilla"]["evals"][0]["greedy_repetition"],
+               "final_greedy_repetition": {v: {"per_seed": x, "mean": statistics.mean(x),
+                                               "sd": statistics.stdev(x) if len(x) > 1 else 0.0} for v, x in finals.items()},
+               "heldout_ppl_en": {v: {"per_seed": x, "mean": statistics.mean(x)} for v, x in ppls.items()},
+               "runs": {str(sd): {v: {k: r[k] for k in ("evals", "heldout_ppl_en", "final_greedy_repetition", "seconds", "examples")}
+                                  for v, r in runs[sd].items()} for sd in seeds},
+               "train_curves": {str(sd): {v: [{k: h[k] for k in ("step", "reward", "repetition", "repetition_steered", "kl")}
+                                              for h in r["history"]] for v, r in runs[sd].items()} for sd in seeds}}
     write_json(ROOT / f"docs/posttrain/{args.docs_name}.json", summary)
-    plot(results, ROOT / f"docs/posttrain/{args.docs_name}.png")
+    plot(runs, ROOT / f"docs/posttrain/{args.docs_name}.png")
+    print(json.dumps(summary["final_greedy_repetition"]), flush=True)
     print("total", f"{time.time() - t0:.0f}s")
 
 
-def plot(results, path):
+def plot(runs, path):
+    """Left: unsteered rollout repetition during training (5-step mean); right: held-out greedy
+    repetition at each eval; one line per seed, colour per variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colours = {"vanilla": "tab:blue", "sae_guided": "tab:red"}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for v, r in results.items():
-        steps = [h["step"] for h in r["history"]]
-        reps = [h["repetition"] for h in r["history"]]
-        w = 5
-        smooth = [sum(reps[max(0, i - w + 1):i + 1]) / len(reps[max(0, i - w + 1):i + 1]) for i in range(len(reps))]
-        axes[0].plot(steps, smooth, label=v)
-        axes[1].plot([e["step"] for e in r["evals"]], [e["greedy_repetition"] for e in r["evals"]], marker="o", label=v)
+    for seed, results in runs.items():
+        for v, r in results.items():
+            label = v if seed == min(runs) else None
+            reps = [h["repetition"] for h in r["history"]]
+            smooth = [statistics.mean(reps[max(0, i - 4):i + 1]) for i in range(len(reps))]
+            axes[0].plot([h["step"] for h in r["history"]], smooth, color=colours[v], alpha=0.7, label=label)
+            axes[1].plot([e["step"] for e in r["evals"]], [e["greedy_repetition"] for e in r["evals"]], marker="o",
+                         color=colours[v], alpha=0.7, label=label)
     axes[0].set(title="rollout repetition ratio (unsteered, 5-step mean)", xlabel="GRPO step", ylabel="1 - distinct-3")
-    axes[1].set(title="held-out greedy repetition ratio", xlabel="GRPO step")
+    axes[1].set(title="held-out greedy repetition ratio (per seed)", xlabel="GRPO step")
     for a in axes:
         a.legend()
     fig.tight_layout()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import re
 import time
@@ -27,6 +26,7 @@ import torch
 from qscope import load_model
 from qscope.data import iter_texts
 from qscope.io import write_json
+from qscope.metrics import text_perplexity
 from qscope.language import code_switch_ratio
 from qscope.posttrain import (SASFTPenalty, add_lora, build_sft_batch, estimate_alphas, monolinguality, script_token_ids,
                               sft_step)
@@ -64,19 +64,6 @@ def build_data(seed: int = 0):
         train.append((prompt, resp))
     eval_prompts = [f"Continue this text: {ss[0]}" for ss in eval_items]
     return train, eval_prompts, held_ppl, zh_docs, brown
-
-
-@torch.no_grad()
-def perplexity(lm, texts, max_length=128):
-    nll, n = 0.0, 0
-    for i in range(0, len(texts), 8):
-        enc = lm.tokenize(texts[i:i + 8], max_length=max_length)
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        out = lm.model(**enc, labels=labels)
-        k = int((labels[:, 1:] != -100).sum())
-        nll += float(out.loss) * k
-        n += k
-    return math.exp(nll / n)
 
 
 def sample(lm, prompts, n_tokens, seed, batch=50):
@@ -167,7 +154,7 @@ def main():
             lm.tokenizer.save_pretrained(lm.name)
         responses = sample(lm, eval_prompts, args.tokens, seed=123)
         ratio = code_switch_ratio(responses, "zh")
-        ppl = perplexity(lm, held_ppl)
+        ppl = text_perplexity(lm, held_ppl)
         bench = capability(lm, args.bench) if args.bench else None
         results[method] = {"code_switch_ratio": ratio, "n_switched": sum(map(bool, switched(responses))),
                            "n_responses": len(responses), "heldout_ppl_en": ppl, "benchmark": bench,

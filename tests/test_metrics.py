@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from qscope.errors import QScopeError
-from qscope.metrics import _density_summary, _Moments, _norm_keep, evaluate_sae
+from qscope.metrics import _density_summary, _Moments, _norm_keep, evaluate_sae, text_perplexity
 from qscope.model.lm import LM
 from qscope.sae import SAE, SAEConfig
 
@@ -222,3 +223,19 @@ def test_cli_eval(tiny, tmp_path):
 
     table = CliRunner().invoke(app, ["sae", "eval", str(sae_dir), "--model", str(model_dir), "--data", str(data)])
     assert table.exit_code == 0, table.output
+
+
+def test_text_perplexity_matches_token_mean_and_batching(tiny):
+    texts = ["the cat sat on the mat", "a dog", "hello world hello world again"]
+    total, n = 0.0, 0
+    for t in texts:  # one text at a time: exp(mean NLL) over all predicted tokens
+        enc = tiny.tokenize([t], max_length=16)
+        logits = tiny.model(**enc).logits[0, :-1]
+        ids = enc["input_ids"][0, 1:]
+        total += float(torch.nn.functional.cross_entropy(logits, ids, reduction="sum"))
+        n += len(ids)
+    expected = math.exp(total / n)
+    assert text_perplexity(tiny, texts, max_length=16, batch_size=1) == pytest.approx(expected, rel=1e-4)
+    assert text_perplexity(tiny, texts, max_length=16, batch_size=3) == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(QScopeError):
+        text_perplexity(tiny, [])

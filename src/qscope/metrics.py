@@ -353,3 +353,20 @@ def evaluate_sae(lm, sae, texts: Sequence[str], layer: int | None = None, max_le
         ce_recovered=recovered, kl=kl_sum / n_kl if n_kl else nan, position0_clean=skip_first,
         seconds=round(time.time() - start_time, 2), densities=counts.double() / n_tokens,
     )
+
+
+@torch.no_grad()
+def text_perplexity(lm, texts: Sequence[str], max_length: int = 128, batch_size: int = 8) -> float:
+    """exp(mean next-token NLL) over `texts` (each cut to `max_length` tokens): the held-out
+    fluency check after fine-tuning or steering a model."""
+    if not texts:
+        raise QScopeError("text_perplexity needs at least one text")
+    nll, n = 0.0, 0
+    for i in range(0, len(texts), batch_size):
+        enc = lm.tokenize(list(texts[i:i + batch_size]), max_length=max_length)
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        out = lm.model(**enc, labels=labels)
+        k = int((labels[:, 1:] != -100).sum())
+        nll += float(out.loss) * k
+        n += k
+    return math.exp(nll / n)
