@@ -8,7 +8,9 @@ pre-activation on non-zh text. Metrics: code-switch ratio (any Chinese) over N s
 responses to held-out English prompts, and held-out English perplexity (Brown).
 
     .venv/bin/python experiments/sasft_codeswitch.py            # cached per method, resumable
-    .venv/bin/python experiments/sasft_codeswitch.py --steps 80 --n-eval 200
+    .venv/bin/python experiments/sasft_codeswitch.py --methods base,sft,unlikelihood,sasft_1e-3,sasft_1e-2,sasft_3e-2
+    .venv/bin/python experiments/sasft_codeswitch.py --layers 6,15,24 --n-features 8 --methods sft,sasft_1e-2 \
+        --out runs/posttrain/sasft-ml --docs-name sasft_codeswitch_multilayer   # more features, three layers
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def main():
     ap.add_argument("--n-eval", type=int, default=400)
     ap.add_argument("--tokens", type=int, default=40)
     ap.add_argument("--layers", default="24")
+    ap.add_argument("--n-features", type=int, default=2, help="zh features per layer (top by monolinguality)")
     ap.add_argument("--methods", default="base,sft,unlikelihood,sasft_1e-3,sasft_1e-2")
     ap.add_argument("--out", default=str(ROOT / "runs/posttrain/sasft"))
     ap.add_argument("--max-length", type=int, default=128, help="training tokens per example")
@@ -108,7 +111,7 @@ def main():
         feats = {"layers": {}}
         for layer in layers:
             sae = SAE.load("default", layer=layer)
-            res = monolinguality(lm, sae, by_lang, "zh", top=2, layer=layer, max_length=64)
+            res = monolinguality(lm, sae, by_lang, "zh", top=args.n_features, layer=layer, max_length=64)
             non_zh = [t for k, v in by_lang.items() if k != "zh" for t in v]
             alphas = estimate_alphas(lm, sae, res.features, non_zh, layer=layer, max_length=64)
             # typical pre-activation on the Chinese parts of the training responses, for scale
@@ -164,7 +167,7 @@ def main():
         (out / f"responses_{method}.json").write_text(json.dumps(responses, ensure_ascii=False, indent=1))
         write_json(results_path, results)
         print("done", method, ratio, ppl, flush=True)
-    summary = {"setup": {"steps": args.steps, "batch": args.batch, "lr": args.lr, "lora_r": 16, "layers": layers,
+    summary = {"setup": {"steps": args.steps, "batch": args.batch, "lr": args.lr, "lora_r": 16, "layers": layers, "n_features": args.n_features,
                          "n_train_pairs": len(train), "frac_train_with_zh": 0.5, "n_eval_prompts": len(eval_prompts),
                          "max_new_tokens": args.tokens, "temperature": 0.8, "max_length": args.max_length},
                "features": feats, "results": results}
