@@ -90,7 +90,7 @@ def main():
     ap.add_argument("--eval-tokens", type=int, default=48)
     ap.add_argument("--docs-name", default="grpo_repetition", help="basename of the JSON/PNG written under docs/posttrain")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seeds", default="0,1,2", help="GRPO seeds (sampling and LoRA init); each is cached on its own")
+    ap.add_argument("--seeds", default="0,1,2,3,4", help="GRPO seeds (sampling and LoRA init); each is cached on its own")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
