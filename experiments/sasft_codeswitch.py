@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from qscope import load_model
-from qscope.data import iter_texts
+from qscope.data import iter_texts, pull_corpus, texts_by_language
 from qscope.io import write_json
 from qscope.metrics import text_perplexity
-from qscope.language import code_switch_ratio
+from qscope.language import contains_language
 from qscope.posttrain import (SASFTPenalty, add_lora, build_sft_batch, estimate_alphas, monolinguality, script_token_ids,
                               sft_step)
 from qscope.sae import SAE
@@ -104,10 +104,9 @@ def main():
         feats = json.loads(feat_path.read_text())
     else:
         lm = load_model("default")
-        ml = list(iter_texts("multilingual"))
-        by_lang = {"zh": zh_docs[:40], "en": [t for t in brown[-60:]][:40]}
-        for code in ("fr", "de", "es", "ru", "ja", "ko"):
-            by_lang[code] = [d for d in iter_texts_lang(code)][:8]
+        pull_corpus("multilingual")
+        other = texts_by_language("multilingual", limit=8)
+        by_lang = {"zh": zh_docs[:40], "en": brown[-60:][:40], **{code: other[code] for code in ("fr", "de", "es", "ru", "ja", "ko")}}
         feats = {"layers": {}}
         for layer in layers:
             sae = SAE.load("default", layer=layer)
@@ -156,10 +155,11 @@ def main():
             lm.model.save_pretrained(lm.name)
             lm.tokenizer.save_pretrained(lm.name)
         responses = sample(lm, eval_prompts, args.tokens, seed=123)
-        ratio = code_switch_ratio(responses, "zh")
+        n_switched = sum(contains_language(r, "zh") for r in responses)  # = code_switch_ratio(responses, "zh") * n
+        ratio = n_switched / len(responses)
         ppl = text_perplexity(lm, held_ppl)
         bench = capability(lm, args.bench) if args.bench else None
-        results[method] = {"code_switch_ratio": ratio, "n_switched": sum(map(bool, switched(responses))),
+        results[method] = {"code_switch_ratio": ratio, "n_switched": n_switched,
                            "n_responses": len(responses), "heldout_ppl_en": ppl, "benchmark": bench,
                            "final_losses": losses[-1] if losses else None,
                            "mean_ce_last10": sum(x["ce"] for x in losses[-10:]) / 10 if losses else None,
@@ -181,10 +181,6 @@ def main():
     print(f"total {time.time() - t0:.0f}s")
 
 
-def switched(responses, lang="zh"):
-    return [code_switch_ratio([r], lang) > 0 for r in responses]
-
-
 def fisher_p(a: dict, b: dict) -> float:
     """Two-sided Fisher exact p for 'same code-switch rate' between two arms."""
     from scipy.stats import fisher_exact
@@ -202,18 +198,6 @@ def capability(lm, spec: str) -> dict:
     items = load_benchmark(name, limit=int(n) if n else None, seed=0)
     res = evaluate(lm, items, benchmark=name)
     return {"name": name, "n_items": res.n_items, "accuracy": res.accuracy}
-
-
-def iter_texts_lang(code):
-    import gzip
-
-    from qscope.data.corpora import corpus_dir
-
-    with gzip.open(corpus_dir("multilingual") / "texts.jsonl.gz", "rt", encoding="utf-8") as fh:
-        for line in fh:
-            d = json.loads(line)
-            if d.get("lang") == code:
-                yield d["text"]
 
 
 if __name__ == "__main__":

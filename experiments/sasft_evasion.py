@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -22,10 +21,16 @@ import torch
 
 from qscope import load_model
 from qscope.io import write_json
+from qscope.language import SCRIPT_PATTERNS
 from qscope.sae import SAE
 
 ROOT = Path(__file__).resolve().parents[1]
-HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def chinese_parts(responses_json: Path, n: int) -> list[str]:
+    """Each switched response from its first Han character on (at most `n`)."""
+    responses = json.loads(responses_json.read_text())
+    return [r[m.start():] for r in responses if (m := SCRIPT_PATTERNS["han"].search(r))][:n]
 
 
 @torch.no_grad()
@@ -56,16 +61,14 @@ def main() -> None:
     result = {"run": str(run), "alphas": alphas, "arms": {}}
     for models in sorted((run / "models").iterdir()):
         arm = models.name
-        responses = json.loads((run / f"responses_{arm}.json").read_text())
-        zh = [r[m.start():] for r in responses if (m := HAN.search(r))][: args.max_texts]
+        zh = chinese_parts(run / f"responses_{arm}.json", args.max_texts)
         if not zh:
             continue
         lm = load_model(str(models))
         result["arms"][arm] = {"n_texts": len(zh), "layers": feature_use(lm, saes, feats, zh)}
         print(arm, json.dumps(result["arms"][arm]["layers"]), file=sys.stderr, flush=True)
     base = load_model("default")  # the untuned model reading the sft arm's Chinese, for reference
-    sft = json.loads((run / "responses_sft.json").read_text())
-    zh = [r[m.start():] for r in sft if (m := HAN.search(r))][: args.max_texts]
+    zh = chinese_parts(run / "responses_sft.json", args.max_texts)
     result["base_on_sft_text"] = {"n_texts": len(zh), "layers": feature_use(base, saes, feats, zh)}
     write_json(args.out or ROOT / f"docs/posttrain/{run.name}_evasion.json", result)
 

@@ -19,7 +19,6 @@ stopped; results go to docs/steering/*.json|png.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -27,8 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from qscope.data import load_texts
-from qscope.data.corpora import corpus_dir, pull_corpus
+from qscope.data import load_texts, pull_corpus, texts_by_language
 from qscope.features.search import contrast
 from qscope.io import write_json
 from qscope.language import detect_language, language_detector
@@ -131,11 +129,7 @@ class JsonCache(dict):
 def corpus_texts(name: str, lang: str | None = None, n: int = 48, max_chars: int = 600) -> list[str]:
     """The first `n` texts of a built-in corpus (optionally one language), cut to `max_chars`."""
     pull_corpus(name)
-    if lang is None:
-        texts = load_texts(name, limit=n * 3)
-    else:
-        with gzip.open(corpus_dir(name) / "texts.jsonl.gz", "rt", encoding="utf-8") as fh:
-            texts = [d["text"] for d in map(json.loads, fh) if d.get("lang") == lang]
+    texts = load_texts(name, limit=n * 3) if lang is None else texts_by_language(name)[lang]
     return [t[:max_chars] for t in texts if len(t) > 80][:n]
 
 
@@ -180,8 +174,9 @@ def natural_slips(lm, n: int, cache: dict, tokens: int = 24) -> dict:
         key = f"natural|{name}|{len(prompts)}|{tokens}"
         if key not in cache:
             cache[key] = lm.generate(prompts, max_new_tokens=tokens, chat=True, do_sample=False)
-        langs = Counter(detect_language(a) for a in cache[key])
-        slipped = [(q, a) for q, a in zip(prompts, cache[key]) if detect_language(a) not in (lang, "und")]
+        detected = [detect_language(a) for a in cache[key]]
+        langs = Counter(detected)
+        slipped = [(q, a) for q, a, d in zip(prompts, cache[key], detected) if d not in (lang, "und")]
         out[name] = {"n": len(prompts), "prompt_language": lang, "answer_languages": dict(langs.most_common()),
                      "share_in_prompt_language": langs[lang] / len(prompts), "slips": slipped[:20]}
         print(f"[natural] {name}: {dict(langs.most_common())}", file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from qscope.data import CORPORA, MIX_WEIGHTS, export_mix, iter_texts, list_corpora, load_texts, pull_corpus, training_mix
+from qscope.data import CORPORA, MIX_WEIGHTS, export_mix, iter_texts, list_corpora, load_texts, pull_corpus, texts_by_language, training_mix
 from qscope.data import sources
 from qscope.data.corpora import corpus_dir, detokenize, strip_rest, write_corpus
 from qscope.errors import QScopeError
@@ -214,3 +214,17 @@ def test_held_out_split_is_disjoint_and_stable(tmp_path, monkeypatch):
     train = set(itertools.islice(training_mix(weights=weights), 2000))
     assert not train & set(held)
     assert 0 < len(held) < 40  # about 3% of 400 documents
+
+
+def test_texts_by_language_groups_limits_and_complains(tmp_path):
+    path = tmp_path / "ml.jsonl"
+    rows = [{"text": "bonjour", "lang": "fr"}, {"text": "hello", "lang": "en"}, {"text": "salut", "lang": "fr"},
+            {"text": "no language"}, {"text": "encore", "lang": "fr"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
+    assert texts_by_language(path) == {"fr": ["bonjour", "salut", "encore"], "en": ["hello"]}
+    assert texts_by_language(path, limit=2) == {"fr": ["bonjour", "salut"], "en": ["hello"]}
+    (tmp_path / "none.jsonl").write_text(json.dumps({"text": "x"}) + "\n", encoding="utf-8")
+    with pytest.raises(QScopeError, match="no records with a 'lang' field"):
+        texts_by_language(tmp_path / "none.jsonl")
+    with pytest.raises(QScopeError, match="no such file or corpus"):
+        texts_by_language(tmp_path / "missing.jsonl")

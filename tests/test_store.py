@@ -1,7 +1,6 @@
 """Feature store: dashboards match a brute-force pass, builds resume exactly, explanations round-trip."""
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys

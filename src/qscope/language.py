@@ -64,7 +64,8 @@ _RATIO_WORDS = {lang: frozenset(f"{both} {mine}".split())  # what `stopword_rati
 LANGUAGES = ("en", "fr", "de", "es", "zh", "ja", "ko", "ru", "ar")  # what `detect_language` answers
 LANGS = tuple(SCRIPT_LANGUAGES.values()) + tuple(STOPWORDS)  # what `contains_language` knows
 
-_SCRIPT_RE = {script: re.compile("[" + "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in ranges) + "]")
+# one compiled character class per script (e.g. SCRIPT_PATTERNS["han"].search(text))
+SCRIPT_PATTERNS = {script: re.compile("[" + "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in ranges) + "]")
               for script, ranges in SCRIPTS.items()}
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)  # a word, elisions kept whole: "l'eau"
 _SENT = re.compile(r"(?<=[.!?;:。！？\n])\s*")
@@ -89,8 +90,8 @@ def _words(text: str, split_elisions: bool = False) -> list[str]:
 def _has_script(text: str, lang: str) -> bool:
     """True if `text` has a letter of `lang`'s script (zh: Han and no kana)."""
     if lang == "zh":
-        return bool(_SCRIPT_RE["han"].search(text)) and not _SCRIPT_RE["kana"].search(text)
-    return bool(_SCRIPT_RE["kana" if lang == "ja" else lang].search(text))
+        return bool(SCRIPT_PATTERNS["han"].search(text)) and not SCRIPT_PATTERNS["kana"].search(text)
+    return bool(SCRIPT_PATTERNS["kana" if lang == "ja" else lang].search(text))
 
 
 def script_counts(text: str) -> Counter:
@@ -98,7 +99,7 @@ def script_counts(text: str) -> Counter:
     counts: Counter = Counter()
     for ch in text:
         if ch.isalpha():
-            counts[next((s for s, pat in _SCRIPT_RE.items() if pat.match(ch)), "latin")] += 1
+            counts[next((s for s, pat in SCRIPT_PATTERNS.items() if pat.match(ch)), "latin")] += 1
     return counts
 
 
@@ -150,7 +151,7 @@ def stopword_ratios(text: str) -> dict[str, float]:
 
 def latin_language(segment: str, min_words: int = 4, min_ratio: float = 0.15) -> str | None:
     """The Latin-script language of a segment by stopword ratio, or None if unsure."""
-    words = [w for w in _WORD.findall(segment) if w.isascii() or not any(p.search(w) for p in _SCRIPT_RE.values())]
+    words = [w for w in _WORD.findall(segment) if w.isascii() or not any(p.search(w) for p in SCRIPT_PATTERNS.values())]
     if len(words) < min_words:
         return None
     ratios = stopword_ratios(" ".join(words))

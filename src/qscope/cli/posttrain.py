@@ -31,33 +31,11 @@ def _layers(spec: str) -> list[int]:
 
 def _texts_by_lang(spec: str, limit: int) -> dict[str, list[str]]:
     """A corpus name/file whose records carry `lang` (e.g. 'multilingual'), or lang=spec,lang=spec."""
-    from ..errors import QScopeError
+    from ..data import texts_by_language
 
     if "=" in spec:
         return {k: read_texts(v, limit) for k, v in (item.split("=", 1) for item in spec.split(","))}
-    import gzip
-
-    from ..data.corpora import CORPORA, corpus_dir
-
-    if spec in CORPORA:
-        path = corpus_dir(spec) / "texts.jsonl.gz"
-        if not path.exists():
-            raise QScopeError(f"corpus {spec!r} is not built: run `qscope data pull {spec}`")
-        opener = lambda: gzip.open(path, "rt", encoding="utf-8")  # noqa: E731
-    else:
-        path = Path(spec)
-        if not path.exists():
-            raise QScopeError(f"{spec}: no such file or corpus")
-        opener = (lambda: gzip.open(path, "rt", encoding="utf-8")) if path.suffix == ".gz" else (lambda: open(path, encoding="utf-8"))
-    out: dict[str, list[str]] = {}
-    with opener() as fh:
-        for line in fh:
-            d = _json.loads(line)
-            if "lang" in d and len(out.setdefault(d["lang"], [])) < limit:
-                out[d["lang"]].append(d["text"])
-    if not out:
-        raise QScopeError(f"{spec}: no records with a 'lang' field")
-    return out
+    return texts_by_language(spec, limit)
 
 
 @features_app.command("language")

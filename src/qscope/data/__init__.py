@@ -2,7 +2,7 @@
 
 from .corpora import CORPORA, list_corpora, pull_corpus
 from .mix import MIX_WEIGHTS, export_mix, held_out_texts, training_mix
-from .sources import iter_texts, load_texts
+from .sources import iter_texts, load_texts, texts_by_language
 
 __all__ = [
     "CORPORA",
@@ -13,5 +13,6 @@ __all__ = [
     "list_corpora",
     "load_texts",
     "pull_corpus",
+    "texts_by_language",
     "training_mix",
 ]

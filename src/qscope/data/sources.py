@@ -109,8 +109,8 @@ def _txt_texts(path: Path, by_line: bool) -> Iterator[str]:
             yield "\n".join(para).strip()
 
 
-def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
-    """One record per line, plain or gzipped; bad lines name their line number."""
+def _jsonl_records(path: Path, expected: str) -> Iterator[tuple[int, dict]]:
+    """(line number, record) per non-blank line, plain or gzipped; bad lines name their number."""
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
@@ -121,8 +121,38 @@ def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
             except json.JSONDecodeError as exc:
                 raise QScopeError(f"{path} line {number}: not valid JSON ({exc.msg})") from exc
             if not isinstance(record, dict):
-                raise QScopeError(f"{path} line {number}: expected a JSON object with a {field!r} field")
-            yield record_text(record, field, f"{path} line {number}")
+                raise QScopeError(f"{path} line {number}: expected a JSON object with {expected}")
+            yield number, record
+
+
+def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
+    """One record per line, plain or gzipped; bad lines name their line number."""
+    for number, record in _jsonl_records(path, f"a {field!r} field"):
+        yield record_text(record, field, f"{path} line {number}")
+
+
+def texts_by_language(spec: str | Path, limit: int | None = None) -> dict[str, list[str]]:
+    """Texts grouped by their records' `lang` field, at most `limit` per language, in file order.
+
+    `spec`: a built-in corpus that has one (`multilingual`, `chinese`; pull it first) or a
+    .jsonl(.gz) file. The per-language input of language-feature search and of experiments."""
+    from .corpora import CORPORA, corpus_dir
+
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if spec in CORPORA and not path.exists():
+        path = corpus_dir(spec) / "texts.jsonl.gz"
+        if not path.exists():
+            raise QScopeError(f"corpus {spec!r} is not built: run `qscope data pull {spec}`")
+    elif not path.is_file():
+        raise QScopeError(f"{spec}: no such file or corpus")
+    out: dict[str, list[str]] = {}
+    for _, record in _jsonl_records(path, "a 'lang' field"):
+        if "lang" in record and (limit is None or len(out.setdefault(record["lang"], [])) < limit):
+            out.setdefault(record["lang"], []).append(record["text"])
+    if not out:
+        raise QScopeError(f"{spec}: no records with a 'lang' field")
+    return out
 
 
 def record_text(record: dict, field: str, where: str) -> str:

@@ -15,7 +15,7 @@ update per batch, so the importance ratio is 1 for the others and ignored for it
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
