@@ -118,8 +118,11 @@ def test_cli_helpers():
     assert parse_strengths("0, 10,-20") == [0.0, 10.0, -20.0]
     with pytest.raises(QScopeError, match="--strengths"):
         parse_strengths("a,b")
-    assert make_detector(None) is None
-    assert make_detector("fr")("Le chat est sur la table.")
-    assert make_detector("contains:zh")("Hello 你好")
+    assert make_detector(None) == (None, None)
+    judge, second = make_detector("fr")
+    assert judge("Le chat est sur la table.") and second("Le chat est sur la table.")
+    assert judge.__name__ == "lingua_is_fr" and second.__name__ == "is_fr"
+    assert make_detector("fr", judge="stopwords")[0].__name__ == "is_fr"
+    assert make_detector("contains:zh")[0]("Hello 你好")
     with pytest.raises(QScopeError):
         make_detector("contains:xx")

@@ -188,3 +188,39 @@ def code_switch_ratio(responses: Sequence[str], unwanted: str | Iterable[str]) -
     if not responses:
         return 0.0
     return sum(any(contains_language(r, lang) for lang in unwanted) for r in responses) / len(responses)
+
+
+# ---------------------------------------------------------------------------- independent judge
+_LINGUA_DETECTOR = None
+
+
+def _lingua():
+    """The lingua detector over LANGS, built once (its n-gram models ship in the wheel)."""
+    global _LINGUA_DETECTOR
+    if _LINGUA_DETECTOR is None:
+        from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+
+        langs = [Language.from_iso_code_639_1(getattr(IsoCode639_1, code.upper())) for code in LANGS]
+        _LINGUA_DETECTOR = LanguageDetectorBuilder.from_languages(*langs).build()
+    return _LINGUA_DETECTOR
+
+
+def judge_language(text: str) -> str:
+    """The text's language by the lingua library (an n-gram model, independent of the stopword
+    tables above and better on short and mixed texts): one of LANGS, or "und" when the text has
+    no letters."""
+    if not any(ch.isalpha() for ch in text):
+        return "und"
+    found = _lingua().detect_language_of(text)
+    return found.iso_code_639_1.name.lower() if found is not None else "und"
+
+
+def language_judge(lang: str) -> Callable[[str], bool]:
+    """A detector text -> bool by `judge_language`: "is this text in `lang`?"."""
+    _check(lang)
+
+    def judge(text: str) -> bool:
+        return judge_language(text) == lang
+
+    judge.__name__ = f"lingua_is_{lang}"
+    return judge

@@ -93,10 +93,14 @@ def parse_strengths(spec: str) -> list[float]:
     return values
 
 
-def make_detector(spec: str | None):
-    """'fr' (is the answer mostly French?) or 'contains:zh' (does it contain any Chinese?)."""
+def make_detector(spec: str | None, judge: str = "lingua"):
+    """(primary, second) detectors from a spec: 'fr' (is the answer in French? primary by the
+    `judge`, lingua or stopwords, the other one second) or 'contains:zh' (does it contain any
+    Chinese? no second judge)."""
     if not spec:
-        return None
+        return None, None
+    if judge not in ("lingua", "stopwords"):
+        raise QScopeError(f"--judge {judge!r}: expected lingua or stopwords")
     if spec.startswith("contains:"):
         from ..language import contains_language
 
@@ -107,27 +111,47 @@ def make_detector(spec: str | None):
             return contains_language(text, lang)
 
         detector.__name__ = f"contains_{lang}"
-        return detector
-    from ..language import language_detector
+        return detector, None
+    from ..language import language_detector, language_judge
 
-    return language_detector(spec)
+    pair = (language_judge(spec), language_detector(spec))
+    return pair if judge == "lingua" else pair[::-1]
+
+
+METHOD_NAMES = "sae, sae-gated, diffmean, repe, random-feature, random-direction, prompt"
+
+
+def parse_methods(spec: str | None) -> list[str]:
+    """'sae,diffmean,prompt' -> ['sae', 'diffmean', 'prompt'] (checked)."""
+    from ..steer.methods import METHODS
+
+    names = [m.strip() for m in (spec or "").split(",") if m.strip()]
+    unknown = [m for m in names if m not in (*METHODS, "prompt")]
+    if unknown:
+        raise QScopeError(f"--methods: unknown method {unknown[0]!r}; choose from {METHOD_NAMES}")
+    return names
 
 
 @app.command("eval")
 def eval_(
     feature: list[int] = typer.Option(..., "--feature", "-f", help="Feature to steer (repeatable: all get the same strength)."),
     strengths: str = typer.Option("0,10,20,40", help="Comma-separated strengths to sweep (negative suppresses)."),
+    methods: str = typer.Option(None, help=f"Compare methods at matched edit norms: any of {METHOD_NAMES} (comma-separated)."),
+    pos: str = typer.Option(None, help="Positive texts the features stand for (data spec): needed by diffmean and repe."),
+    neg: str = typer.Option(None, help="Negative texts (data spec): needed by diffmean and repe."),
+    seed: int = typer.Option(0, help="Seed of the random controls (random-feature, random-direction) and repe's pairing."),
     mode: str = ModeOpt,
     relative: bool = RelativeOpt,
     gate: int = GateOpt,
     positions: str = PositionsOpt,
     prompts: str = typer.Option(None, help="Prompts: a file / data spec (one per paragraph or jsonl 'text'); default: built-in neutral prompts."),
-    limit: int = typer.Option(None, help="Use at most this many prompts."),
+    limit: int = typer.Option(None, min=1, help="Use at most this many prompts."),
     detector: str = typer.Option(None, help="Concept detector: a language (en fr de es zh ja ko ru ar: the answer is mostly in it) or contains:LANG."),
+    judge: str = typer.Option("lingua", help="Language judge for --detector LANG: lingua (n-gram model) or stopwords; the other is reported beside it."),
     target: int = typer.Option(None, help="Feature whose activation on the outputs measures success (default: the first --feature unless a detector is given)."),
-    baseline: str = typer.Option(None, help="Prompting baseline: an instruction put before each prompt (or with a {prompt} slot), e.g. 'Answer in French.'"),
-    max_new_tokens: int = typer.Option(32, help="Tokens generated per answer."),
-    batch_size: int = typer.Option(8, help="Prompts per generate call."),
+    baseline: list[str] = typer.Option(None, help="Prompting baseline: an instruction put before each prompt (or with a {prompt} slot), e.g. 'Answer in French.' Repeatable."),
+    max_new_tokens: int = typer.Option(32, min=1, help="Tokens generated per answer."),
+    batch_size: int = typer.Option(8, min=1, help="Prompts per generate call."),
     out: str = typer.Option(None, help="Folder to write steer_eval.json and steer_eval.png into."),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
@@ -136,10 +160,14 @@ def eval_(
     dtype: DtypeOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Sweep steering strengths and score concept success, fluency (perplexity under the
-    unsteered model) and KL on neutral prompts, against a prompting baseline.
+    """Sweep steering strengths and score concept success (95% Wilson interval), fluency
+    (perplexity under the unsteered model) and KL on neutral prompts, against prompting; with
+    --methods, compare SAE steering with diffmean / RepE / random controls at matched edit norms.
 
-    Example: qscope steer eval --layer 15 -f 1234 --strengths 0,20,40 --detector fr --baseline "Answer in French."
+    Examples:
+      qscope steer eval --layer 15 -f 1234 --strengths 0,20,40 --detector fr --baseline "Answer in French."
+      qscope steer eval -l 15 -f 7194 -f 6644 --methods sae,diffmean,repe,random-feature,random-direction,prompt
+          --pos fr.txt --neg en.txt --strengths 5,10,20,40 --detector fr --baseline "Answer in French." --out runs/m
     """
     from pathlib import Path
 
@@ -148,33 +176,100 @@ def eval_(
     from ..steer.evaluate import NEUTRAL_PROMPTS, evaluate_steering, n_generations
 
     values = parse_strengths(strengths)
-    detect = make_detector(detector)
+    names = parse_methods(methods)
+    detect, second = make_detector(detector, judge)
+    baselines = [b for b in (baseline or []) if b.strip()]
+    if "prompt" in names and not baselines:
+        raise QScopeError("--methods prompt needs at least one --baseline instruction")
+    if names and detect is None:
+        raise QScopeError("--methods needs --detector: methods are compared on the same success judge")
     target = target if target is not None else (None if detect else feature[0])
     texts = read_texts(prompts, limit) if prompts else NEUTRAL_PROMPTS[:limit]
+    pos_texts = read_texts(pos) if pos else []
+    neg_texts = read_texts(neg) if neg else []
     lm, sae_ = load_pair(model, sae, layer, device, dtype)
     Steering(sae_, [parse_edit(f"{f}:0", mode, relative, gate) for f in feature], positions, layer)  # check early
 
-    def factory(strength: float):
-        return Steering(sae_, [parse_edit(f"{f}:{strength}", mode, relative, gate) for f in feature], positions, layer)
+    if names:
+        result = _compare(lm, sae_, feature, names, values, texts, detect, second, baselines, pos_texts, neg_texts,
+                          seed, positions, layer, max_new_tokens, batch_size)
+        plot_name = "steer_methods.png"
+    else:
+        def factory(strength: float):
+            return Steering(sae_, [parse_edit(f"{f}:{strength}", mode, relative, gate) for f in feature], positions, layer)
 
-    total = n_generations(len(texts), len(values), baseline=bool(baseline))
-    with progress_bar("generating") as bar:
-        job = bar.add_task("gen", total=total)
-        result = evaluate_steering(lm, factory, texts, values, detector=detect, target_feature=target,
-                                   baseline_prompt=baseline, sae=sae_, max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size, progress=lambda n: bar.advance(job, n))
+        total = n_generations(len(texts), len(values), baseline=len(baselines))
+        with progress_bar("generating") as bar:
+            job = bar.add_task("gen", total=total)
+            result = evaluate_steering(lm, factory, texts, values, detector=detect, target_feature=target,
+                                       baseline_prompt=baselines, sae=sae_, max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size, progress=lambda n: bar.advance(job, n),
+                                       second_detector=second)
+        plot_name = "steer_eval.png"
     if out:
         folder = Path(out)
-        write_json(folder / "steer_eval.json", result.to_dict())
-        result.plot(folder / "steer_eval.png")
-        console.print(f"wrote {folder / 'steer_eval.json'} and {folder / 'steer_eval.png'}")
+        write_json(folder / "steer_eval.json", result.to_dict(with_outputs=True) if names else result.to_dict())
+        result.plot(folder / plot_name)
+        console.print(f"wrote {folder / 'steer_eval.json'} and {folder / plot_name}")
     if json:
         emit_json(result)
         return
-    table = Table("condition", "success", "target mean", "target max", "perplexity", "KL neutral", "tokens",
+    if names:
+        _print_comparison(result)
+        return
+    table = Table("condition", "success [95% CI]", "target mean", "perplexity", "KL neutral", "tokens",
                   title=f"steering features {', '.join(map(str, feature))} ({mode})")
-    fmt = lambda v: "-" if v is None else f"{v:.3g}"
     for row in result.table():
-        table.add_row(row["label"], fmt(row["success"]), fmt(row["target_mean"]), fmt(row["target_max"]),
-                      fmt(row["perplexity"]), fmt(row["kl"]), f"{row['mean_tokens']:.1f}")
+        table.add_row(row["label"], _fmt_ci(row["success"], row["success_ci"]), _fmt(row["target_mean"]),
+                      _fmt(row["perplexity"]), _fmt(row["kl"]), f"{row['mean_tokens']:.1f}")
     console.print(table)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _fmt_ci(value, ci) -> str:
+    return _fmt(value) if value is None or not ci else f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _compare(lm, sae, features, names, strengths, prompts, detector, second, baselines, pos_texts, neg_texts, seed,
+             positions, layer, max_new_tokens, batch_size):
+    """Build the methods (matched edit norms) and run them all on the same prompts."""
+    from ..features.search import collect_stats
+    from ..steer.compare import compare_methods
+    from ..steer.directions import mean_residual_norm
+    from ..steer.evaluate import NEUTRAL_PROMPTS
+    from ..steer.methods import build_methods
+
+    steering_methods = [m for m in names if m != "prompt"] or ["sae"]
+    layer = lm.check_sae(sae, layer)
+    with console.status("finding directions"):
+        norm = mean_residual_norm(lm, layer, NEUTRAL_PROMPTS)
+        rates = None
+        if "random-feature" in steering_methods:
+            rates = collect_stats(lm, sae, (pos_texts + neg_texts) or list(NEUTRAL_PROMPTS), layer).rate
+        method_set = build_methods(lm, sae, features, steering_methods, norm, pos_texts, neg_texts, rates, layer,
+                                   positions, seed)
+    n_strengths = len([s for s in strengths if s != 0])
+    total = len(NEUTRAL_PROMPTS) + len(prompts) * (1 + len(baselines) + n_strengths * len(steering_methods))
+    with progress_bar("generating") as bar:
+        job = bar.add_task("gen", total=total)
+        return compare_methods(lm, method_set, strengths, prompts, detector,
+                               baselines if "prompt" in names else [], max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, second_detector=second, progress=lambda n: bar.advance(job, n))
+
+
+def _print_comparison(result) -> None:
+    table = Table("method", "strength", "edit/||h||", "success [95% CI]", "KL neutral", "perplexity",
+                  title="steering methods at matched edit norms")
+    for name, rows in result.methods.items():
+        for row in rows:
+            table.add_row(name, _fmt(row["strength"]), _fmt(row["edit_norm_ratio"]),
+                          _fmt_ci(row["success"], row["success_ci"]), _fmt(row["kl"]), _fmt(row["perplexity"]))
+    for row in result.prompting:
+        table.add_row(row["label"][:40], "-", "-", _fmt_ci(row["success"], row["success_ci"]), _fmt(row["kl"]),
+                      _fmt(row["perplexity"]))
+    console.print(table)
+    for row in result.best_at_kl():
+        console.print(f"KL <= {row['kl_budget']}: best = {row['best']}")

@@ -12,15 +12,44 @@ apart by counting, so steering reaches every generated token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from ..errors import QScopeError
 
+if TYPE_CHECKING:
+    from ..model.lm import LM
+    from ..sae import SAE
+
 Mode = Literal["add", "clamp"]
 Positions = Literal["all", "prompt", "generated"]
+
+
+def check_positions(positions: str) -> None:
+    if positions not in ("all", "prompt", "generated"):
+        raise QScopeError(f"positions must be all, prompt or generated, not {positions!r}")
+
+
+def position_mask(h: torch.Tensor, state: dict, positions: Positions) -> torch.Tensor:
+    """(batch, seq) bool: which positions of this forward are edited.
+
+    `state` is a fresh `{"prompt_len": None}` per `edits()` call (one generate call): the first
+    forward holds the prompt, each later one-token forward a generated token (KV cache), and a
+    longer later forward the whole sequence again (no cache)."""
+    batch, seq = h.shape[:2]
+    if state["prompt_len"] is None:  # first forward of this generate call: the prompt
+        state["prompt_len"] = seq
+        is_prompt = torch.ones(batch, seq, dtype=torch.bool, device=h.device)
+    elif seq == 1:  # KV cache: one new (generated) token
+        is_prompt = torch.zeros(batch, seq, dtype=torch.bool, device=h.device)
+    else:  # no cache: the whole sequence again
+        is_prompt = (torch.arange(seq, device=h.device) < state["prompt_len"]).expand(batch, seq)
+    if positions == "all":
+        return torch.ones_like(is_prompt)
+    return is_prompt if positions == "prompt" else ~is_prompt
 
 
 @dataclass
@@ -40,14 +69,13 @@ class FeatureEdit:
 class Steering:
     """Edits of one SAE's features at the SAE's layer; pass to `lm.generate(steer=...)`."""
 
-    sae: object
+    sae: SAE
     edits_: list[FeatureEdit] = field(default_factory=list)
     positions: Positions = "all"
     layer: int | None = None
 
     def __post_init__(self) -> None:
-        if self.positions not in ("all", "prompt", "generated"):
-            raise QScopeError(f"positions must be all, prompt or generated, not {self.positions!r}")
+        check_positions(self.positions)
         d_sae = self.sae.cfg.d_sae
         for edit in self.edits_:
             for f in (edit.feature, edit.gate):
@@ -57,7 +85,7 @@ class Steering:
                 raise QScopeError(f"steering mode must be add or clamp, not {edit.mode!r}")
 
     @classmethod
-    def add(cls, sae, features: dict[int, float], positions: Positions = "all", relative: bool = False) -> "Steering":
+    def add(cls, sae: SAE, features: dict[int, float], positions: Positions = "all", relative: bool = False) -> "Steering":
         """Shortcut: add `strength * direction` for each {feature: strength}."""
         return cls(sae, [FeatureEdit(f, s, "add", relative) for f, s in features.items()], positions)
 
@@ -65,8 +93,20 @@ class Steering:
         return {"layer": self.layer if self.layer is not None else self.sae.cfg.layer, "positions": self.positions,
                 "edits": [e.to_dict() for e in self.edits_]}
 
+    @torch.no_grad()
+    def edit_vector(self) -> torch.Tensor | None:
+        """(d_model,) the fixed vector this steering adds where it applies (sum of strength x
+        decoder direction), or None when the edit depends on the residual (clamp, relative).
+        Its norm is what the random-direction control matches."""
+        if any(e.mode != "add" or e.relative for e in self.edits_):
+            return None
+        vec = torch.zeros(self.sae.W_dec.shape[1], dtype=torch.float32, device=self.sae.W_dec.device)
+        for e in self.edits_:
+            vec += e.strength * self.sae.W_dec[e.feature].float()
+        return vec
+
     # ---------------------------------------------------------------- hook
-    def edits(self, lm) -> dict[int, callable]:
+    def edits(self, lm: LM) -> dict[int, Callable[[torch.Tensor], torch.Tensor]]:
         """{layer: fn(h) -> h} for `qscope.model.hooks.edit`; fresh position state per call."""
         layer = lm.check_sae(self.sae, self.layer)
         active = [e for e in self.edits_ if not (e.mode == "add" and e.strength == 0)]  # 0 = exactly no edit
@@ -74,7 +114,7 @@ class Steering:
         state = {"prompt_len": None}
 
         def fn(h: torch.Tensor) -> torch.Tensor:
-            where = self._position_mask(h, state)
+            where = position_mask(h, state, self.positions)
             if not active or not where.any():
                 return h
             codes = self.sae.encode(h) if needs_codes else None
@@ -93,17 +133,3 @@ class Steering:
             return h + delta * where.unsqueeze(-1).to(h.dtype)
 
         return {layer: fn}
-
-    def _position_mask(self, h: torch.Tensor, state: dict) -> torch.Tensor:
-        """(batch, seq) bool: which positions of this forward are edited."""
-        batch, seq = h.shape[:2]
-        if state["prompt_len"] is None:  # first forward of this generate call: the prompt
-            state["prompt_len"] = seq
-            is_prompt = torch.ones(batch, seq, dtype=torch.bool, device=h.device)
-        elif seq == 1:  # KV cache: one new (generated) token
-            is_prompt = torch.zeros(batch, seq, dtype=torch.bool, device=h.device)
-        else:  # no cache: the whole sequence again
-            is_prompt = (torch.arange(seq, device=h.device) < state["prompt_len"]).expand(batch, seq)
-        if self.positions == "all":
-            return torch.ones_like(is_prompt)
-        return is_prompt if self.positions == "prompt" else ~is_prompt
