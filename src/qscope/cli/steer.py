@@ -172,6 +172,7 @@ def eval_(
     from pathlib import Path
 
     from ..io import write_json
+    from ..provenance import record
     from ..steer import Steering
     from ..steer.evaluate import NEUTRAL_PROMPTS, evaluate_steering, n_generations
 
@@ -208,7 +209,8 @@ def eval_(
         plot_name = "steer_eval.png"
     if out:
         folder = Path(out)
-        write_json(folder / "steer_eval.json", result.to_dict(with_outputs=True) if names else result.to_dict())
+        write_json(folder / "steer_eval.json", result.to_dict(with_outputs=True) if names else result.to_dict(),
+                   provenance=record(seeds=seed if names else None))
         result.plot(folder / plot_name)
         console.print(f"wrote {folder / 'steer_eval.json'} and {folder / plot_name}")
     if json:
