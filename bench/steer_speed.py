@@ -7,7 +7,9 @@ every variant generates exactly batch x tokens new tokens):
 - plain: no hook;
 - add: h + 20 d (one feature) - a broadcast add per step; target overhead <= 5%;
 - clamp: set one feature to 0 - encodes every edited position with the SAE each step;
-- gated add: add only where a gating feature fires - also encodes each step.
+- gated add: add only where a gating feature fires - also encodes each step;
+- direction add: h + 20 u for a unit vector u (how diffmean, RepE and random-direction steer);
+  target overhead <= 2%.
 Each repeat runs every variant once, interleaved (plain, add, clamp, gated, plain, ...), after a
 warm-up round, so load from other processes hits all alike; medians are reported (minima in the
 JSON). Writes bench/results/steer_speed.json.
@@ -31,6 +33,7 @@ from qscope.io import write_json
 from qscope.model import load_model
 from qscope.sae import SAE
 from qscope.steer import FeatureEdit, Steering
+from qscope.steer.directions import DirectionSteering, random_direction
 from qscope.steer.evaluate import NEUTRAL_PROMPTS
 
 
@@ -53,6 +56,7 @@ def main() -> None:
         "add": Steering.add(sae, {f: 20.0}),
         "clamp": Steering(sae, [FeatureEdit(f, 0.0, "clamp")]),
         "gated_add": Steering(sae, [FeatureEdit(f, 20.0, "add", gate=f + 1)]),
+        "direction_add": DirectionSteering(random_direction(lm.d_model, 0), args.layer, 20.0),
     }
     gen = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, chat=True)
     times: dict[str, list[float]] = {k: [] for k in variants}

@@ -105,7 +105,14 @@ def test_methods_are_matched_in_edit_norm(lm, sae):
         assert float(steer.edit_vector().norm()) == pytest.approx(float(sae_vec.norm()), rel=1e-5)
         assert steer.strength < 0
     assert ms.edit_norm_ratio("sae", -4.0) == pytest.approx(float(sae_vec.norm()) / norm, rel=1e-5)
-    assert len(ms.random_features) == 2 and not set(ms.random_features) & {3, 9}
+    drawn = ms.feature_sets["random-feature"]
+    assert len(drawn) == 2 and not set(drawn) & {3, 9}
+    assert ms.edit_norm_ratio("random-feature", -4.0) == pytest.approx(ms.edit_norm(-4.0, drawn) / norm)
+    more = build_methods(lm, sae, [3, 9], ["random-feature", "random-direction"], norm, rates=rates, seed=2,
+                         control_seeds=[2, 5])
+    assert list(more.factories) == ["random-feature", "random-feature@5", "random-direction", "random-direction@5"]
+    assert not torch.equal(more.factories["random-direction"](1.0).direction,
+                           more.factories["random-direction@5"](1.0).direction)
     with pytest.raises(QScopeError, match="unknown steering method"):
         build_methods(lm, sae, [3], ["magic"], norm)
     with pytest.raises(QScopeError, match="--pos and --neg"):
@@ -142,3 +149,20 @@ def test_intervals():
     lo, hi = bootstrap_ratio_interval([1, 2, 3, 4], [1, 1, 1, 1])
     assert 1 <= lo < 2.5 < hi <= 4
     assert bootstrap_ratio_interval([2.0], [1.0]) == (2.0, 2.0)
+
+
+def test_output_features_find_the_feature_that_writes_the_target_tokens(lm, sae):
+    from qscope.features.logits import unembedding
+    from qscope.features.search import output_features
+
+    pos, neg = ["cat cat cat mat mat"] * 3, ["def add(a, b): return a + b"] * 3
+    target = lm.tokenizer(" cat", add_special_tokens=False)["input_ids"]
+    planted = sae.W_dec.detach().clone()
+    planted[17] = unembedding(lm)[target].mean(0).detach() * 5  # feature 17 writes " cat"
+    sae2 = SAE.random(sae.cfg, seed=3)
+    with torch.no_grad():
+        sae2.W_dec.copy_(planted)
+    found = output_features(lm, sae2, pos, neg, top=3, n_tokens=5, min_count=1)
+    assert found[0].feature == 17 and found[0].score > found[1].score
+    with pytest.raises(QScopeError):
+        output_features(lm, sae2, pos, [], top=3)

@@ -115,3 +115,44 @@ def features_for_tokens(lm, sae, tokens: Sequence[str], top: int = 20, suppress:
     score = -score if suppress else score
     values, order = score.topk(top)
     return [(int(f), float(v)) for f, v in zip(order, values)]
+
+
+@dataclass
+class OutputFeature:
+    feature: int
+    score: float  # z-score of the mean logit-lens effect on the target tokens
+    target_tokens: int
+
+
+@torch.no_grad()
+def output_features(lm, sae, positive: Sequence[str], negative: Sequence[str], top: int = 20, n_tokens: int = 100,
+                    min_count: int = 3, chunk: int = 1024) -> list[OutputFeature]:
+    """Features chosen by what they do to the output, not by where they fire (output features,
+    Arad et al. 2025; AxBench's finding that input-side features steer poorly).
+
+    Target tokens: the `n_tokens` tokens most over-represented in `positive` vs `negative`
+    texts (add-one smoothed log frequency ratio, at least `min_count` uses). Each feature's
+    decoder direction is read through the unembedding (logit lens, as `token_effects`); its
+    score is the mean logit on the target tokens minus its mean logit over the vocabulary, in
+    units of its standard deviation over the vocabulary."""
+    from collections import Counter
+
+    if not positive or not negative:
+        raise QScopeError("output features need positive and negative texts")
+    count = lambda texts: Counter(t for text in texts for t in lm.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    pos, neg = count(positive), count(negative)
+    n_pos, n_neg = sum(pos.values()), sum(neg.values())
+    ratio = {t: torch.log(torch.tensor((c + 1) / n_pos)) - torch.log(torch.tensor((neg[t] + 1) / n_neg))
+             for t, c in pos.items() if c >= min_count}
+    targets = sorted(ratio, key=lambda t: -float(ratio[t]))[:n_tokens]
+    if not targets:
+        raise QScopeError(f"no token occurs {min_count}+ times in the positive texts; give more text")
+    W_U = unembedding(lm).to(sae.W_dec.dtype)
+    target_ids = torch.tensor(targets, device=W_U.device)
+    scores = []
+    for start in range(0, sae.cfg.d_sae, chunk):
+        logits = sae.W_dec[start:start + chunk].to(W_U.device) @ W_U.T  # (chunk, vocab)
+        scores.append(((logits[:, target_ids].mean(1) - logits.mean(1)) / logits.std(1)).float().cpu())
+    score = torch.cat(scores)
+    order = score.argsort(descending=True)[:top]
+    return [OutputFeature(int(f), float(score[f]), len(targets)) for f in order]

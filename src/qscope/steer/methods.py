@@ -20,6 +20,8 @@ and models.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -68,30 +70,42 @@ class MethodSet:
     features: list[int]
     factories: dict[str, Callable[[float], object]]
     residual_norm: float
-    random_features: list[int] = field(default_factory=list)
+    feature_sets: dict[str, list[int]] = field(default_factory=dict)  # SAE methods on other features
 
-    def edit_norm(self, strength: float) -> float:
-        """||s * sum_f d_f||: the SAE edit's norm at nominal strength s, matched by every method."""
-        vec = Steering.add(self.sae, {f: float(strength) for f in self.features}).edit_vector()
-        return float(vec.norm())
+    def edit_norm(self, strength: float, features: Sequence[int] | None = None) -> float:
+        """||s * sum_f d_f||: the SAE edit's norm at nominal strength s, matched by every
+        full-layer method."""
+        feats = self.features if features is None else features
+        return float(Steering.add(self.sae, {f: float(strength) for f in feats}).edit_vector().norm())
 
     def edit_norm_ratio(self, method: str, strength: float) -> float:
-        """The edit's norm relative to the mean residual norm (random features: their own norm)."""
-        feats = self.random_features if method == "random-feature" else self.features
-        vec = Steering.add(self.sae, {f: float(strength) for f in feats}).edit_vector()
-        return float(vec.norm()) / self.residual_norm
+        """The edit's norm relative to the mean residual norm (an SAE method on other features,
+        e.g. random ones: the norm of its own edit)."""
+        return self.edit_norm(strength, self.feature_sets.get(method)) / self.residual_norm
+
+    def add_features(self, name: str, features: Sequence[int], gated: bool = False,
+                     positions: Positions = "all") -> None:
+        """Add an SAE method steering other features at the same nominal strengths (e.g.
+        features chosen by another ranking)."""
+        feats = [int(f) for f in features]
+        self.feature_sets[name] = feats
+        self.factories[name] = lambda s: Steering(self.sae, [FeatureEdit(f, float(s), "add", gate=f if gated else None)
+                                                             for f in feats], positions, self.layer)
 
     def describe(self) -> dict:
-        return {"layer": self.layer, "features": self.features, "random_features": self.random_features,
+        return {"layer": self.layer, "features": self.features, "feature_sets": self.feature_sets,
                 "residual_norm": self.residual_norm, "methods": list(self.factories)}
 
 
 def build_methods(lm: LM, sae: SAE, features: Sequence[int], methods: Sequence[str], residual_norm: float,
                   positive: Sequence[str] = (), negative: Sequence[str] = (), rates: torch.Tensor | None = None,
-                  layer: int | None = None, positions: Positions = "all", seed: int = 0) -> MethodSet:
+                  layer: int | None = None, positions: Positions = "all", seed: int = 0,
+                  control_seeds: Sequence[int] = ()) -> MethodSet:
     """Factories for `methods` (names from METHODS). `positive`/`negative` texts are needed by
     diffmean and repe (the same sets the features were found on), `rates` (per-feature firing
-    rates, e.g. `collect_stats(...).rate`) by random-feature."""
+    rates, e.g. `collect_stats(...).rate`) by random-feature. `seed` draws the random controls
+    and repe's pairing; each of `control_seeds` adds another draw of each random control, named
+    e.g. `random-direction@2`."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise QScopeError(f"unknown steering method {unknown[0]!r}; choose from {', '.join(METHODS)} (and prompt)")
@@ -102,30 +116,25 @@ def build_methods(lm: LM, sae: SAE, features: Sequence[int], methods: Sequence[s
     if any(m in NEEDS_TEXTS for m in methods) and (not positive or not negative):
         raise QScopeError("diffmean and repe need the positive and negative texts the features were found on "
                           "(--pos and --neg)")
+    if "random-feature" in methods and rates is None:
+        raise QScopeError("random-feature needs the features' firing rates to match densities")
     out = MethodSet(sae, layer, features, {}, residual_norm)
 
-    def sae_factory(feats: list[int], gated: bool = False):
-        return lambda s: Steering(sae, [FeatureEdit(f, float(s), "add", gate=f if gated else None) for f in feats],
-                                  positions, layer)
-
-    def direction_factory(direction: torch.Tensor, name: str):
+    def add_direction(name: str, direction: torch.Tensor) -> None:
         base = DirectionSteering(direction, layer, 0.0, positions, name)
-        return lambda s: base.at(float(torch.sign(torch.tensor(float(s)))) * out.edit_norm(s))
+        out.factories[name] = lambda s: base.at(math.copysign(out.edit_norm(s), s) if s else 0.0)
 
     for name in methods:
-        if name == "sae":
-            out.factories[name] = sae_factory(features)
-        elif name == "sae-gated":
-            out.factories[name] = sae_factory(features, gated=True)
+        if name in ("sae", "sae-gated"):
+            out.add_features(name, features, gated=name == "sae-gated", positions=positions)
         elif name == "diffmean":
-            out.factories[name] = direction_factory(diffmean_direction(lm, layer, positive, negative), name)
+            add_direction(name, diffmean_direction(lm, layer, positive, negative))
         elif name == "repe":
-            out.factories[name] = direction_factory(repe_direction(lm, layer, positive, negative, seed), name)
-        elif name == "random-feature":
-            if rates is None:
-                raise QScopeError("random-feature needs the features' firing rates to match densities")
-            out.random_features = density_matched_features(rates, features, seed)
-            out.factories[name] = sae_factory(out.random_features)
-        elif name == "random-direction":
-            out.factories[name] = direction_factory(random_direction(lm.d_model, seed), name)
+            add_direction(name, repe_direction(lm, layer, positive, negative, seed))
+        for i, draw in enumerate([seed, *[c for c in control_seeds if c != seed]]):
+            suffix = f"@{draw}" if i else ""
+            if name == "random-feature":
+                out.add_features(name + suffix, density_matched_features(rates, features, draw), positions=positions)
+            elif name == "random-direction":
+                add_direction(name + suffix, random_direction(lm.d_model, draw))
     return out
