@@ -34,9 +34,16 @@ def umask() -> int:
         return _UMASK
 
 
-def _as_if_created(path: Path, directory: bool = False) -> None:
-    """mkstemp/mkdtemp make 0600/0700 entries; give them the mode a plain open()/mkdir() would."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+def _as_if_created(path: Path) -> None:
+    """mkstemp/mkdtemp (and some writers, e.g. safetensors) make 0600/0700 entries; give `path`, and
+    everything in it if it is a folder, the mode a plain open()/mkdir() would (executables keep x)."""
+    for root, dirs, files in os.walk(path) if path.is_dir() else [(path.parent, [], [path.name])]:
+        if path.is_dir():
+            os.chmod(root, 0o777 & ~umask())
+        for name in files:
+            file = Path(root, name)
+            executable = os.stat(file).st_mode & 0o111
+            os.chmod(file, (0o777 if executable else 0o666) & ~umask())
 
 
 @contextmanager
@@ -47,9 +54,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    _as_if_created(tmp_path)
     try:
         yield tmp_path
+        _as_if_created(tmp_path)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -65,9 +72,9 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    _as_if_created(tmp, directory=True)
     try:
         yield tmp
+        _as_if_created(tmp)
         if target.exists():
             old = _old_dir(target)
             shutil.rmtree(old, ignore_errors=True)
@@ -159,7 +166,7 @@ def load_torch_plain(path: str | os.PathLike, what: str = "torch file"):
 def _unpickle_reason(exc: BaseException) -> str:
     """What the pickle asked for, without torch's how-to-load-it-anyway text."""
     text = str(exc)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
     if found:
         return f"it names {found.group(1)}"
     found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)

@@ -130,14 +130,15 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     gz = path.name.endswith(".gz")
     number = 0
     try:
-        with (gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")) as fh:
-            for number, line in enumerate(fh, 1):
-                yield number, line
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            for number, raw in enumerate(fh, 1):
+                yield number, raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise QScopeError(f"{path}: not UTF-8 text near line {number + 1} ({exc.reason}); save the file as UTF-8") from None
+        raise QScopeError(f"{path} line {number}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line); "
+                          "save the file as UTF-8") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         what = "truncated" if isinstance(exc, EOFError) else "not a gzip file"
-        raise QScopeError(f"{path}: {what} ({exc}); a .gz name needs gzip-compressed content") from None
+        raise QScopeError(f"{path}: {what} ({exc}); a .gz name needs whole gzip-compressed content") from None
 
 
 def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
