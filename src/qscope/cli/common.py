@@ -40,7 +40,8 @@ from typing import Annotated, Optional  # noqa: E402
 import typer  # noqa: E402
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model: 'default', an HF folder, a .gguf file or a hub id.")]
-SaeOpt = Annotated[str, typer.Option("--sae", "-s", help="SAE: 'default', a layer<n>.sae.pt, a folder or a hub repo id.")]
+SaeOpt = Annotated[str, typer.Option("--sae", "-s", help="SAE: 'default', a layer<n>.sae.pt (add :k=<k> if its path "
+                                                        "has no L0_<k>), a folder or a hub repo id.")]
 LayerOpt = Annotated[Optional[int], typer.Option("--layer", "-l", help="Layer (needed when the SAE source holds several).")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
 DtypeOpt = Annotated[Optional[str], typer.Option(help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")]
