@@ -128,7 +128,7 @@ def test_cli_compares_across_formats(tmp_path):
     app = typer.Typer()
     register(app)
     app.command("noop")(lambda: None)  # a second command keeps `compare` a named sub-command
-    out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "layer2.sae.pt"), "--no-activations",
+    out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), f"{tmp_path / 'layer2.sae.pt'}:k=8", "--no-activations",
                                    "--examples", "0", "--json", "--out", str(tmp_path / "out")])
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)

@@ -37,7 +37,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(served):
-    return TestClient(create_app(*served))
+    return TestClient(create_app(*served), base_url="http://localhost")
 
 
 def test_info_openapi_and_pages(client):

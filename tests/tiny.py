@@ -14,7 +14,7 @@ SENTENCES = [
 ]
 
 BASE = dict(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, max_position_embeddings=128, pad_token_id=0, eos_token_id=1,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=512, pad_token_id=0, eos_token_id=1,
             bos_token_id=1, tie_word_embeddings=False)
 
 

@@ -1,15 +1,49 @@
-"""File writes that survive a crash or kill: atomic files and folders, append-only caches; streamed hashes."""
+"""File writes that survive a crash or kill: atomic files and folders, append-only caches; streamed hashes;
+torch files loaded without running code."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+
+_UMASK: int | None = None
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process umask, read once (os.umask can only be read by setting it, which races other threads)."""
+    global _UMASK
+    with _UMASK_LOCK:
+        if _UMASK is None:
+            try:
+                with open("/proc/self/status", encoding="ascii") as fh:
+                    _UMASK = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+            except (OSError, StopIteration, ValueError, IndexError):
+                _UMASK = os.umask(0o022)
+                os.umask(_UMASK)
+        return _UMASK
+
+
+def _as_if_created(path: Path) -> None:
+    """mkstemp/mkdtemp (and some writers, e.g. safetensors) make 0600/0700 entries; give `path`, and
+    everything in it if it is a folder, the mode a plain open()/mkdir() would (executables keep x)."""
+    for root, dirs, files in os.walk(path) if path.is_dir() else [(path.parent, [], [path.name])]:
+        if path.is_dir():
+            os.chmod(root, 0o777 & ~umask())
+        for name in files:
+            file = Path(root, name)
+            executable = os.stat(file).st_mode & 0o111
+            os.chmod(file, (0o777 if executable else 0o666) & ~umask())
 
 
 @contextmanager
@@ -22,6 +56,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _as_if_created(tmp_path)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -30,14 +65,18 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; it replaces `target` only on success."""
+    """Yield a temporary folder beside `target`; it replaces `target` only on success.
+
+    The swap is two renames (target -> `.NAME.old`, temp -> target); a kill between them leaves
+    no target but a complete `.NAME.old`, which `recover_dir` puts back."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _as_if_created(tmp)
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
+            old = _old_dir(target)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
             os.replace(tmp, target)
@@ -46,6 +85,35 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _old_dir(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def recover_dir(target: str | os.PathLike) -> list[str]:
+    """Undo what a kill inside `atomic_dir(target)` left: put a complete `.NAME.old` back when
+    the target is missing (killed between the renames), drop it when the target exists (killed
+    after them), and delete half-written `.NAME.*.tmp` folders. Call it only while no other
+    process writes `target`. Returns what was done, one phrase per action."""
+    target = Path(target)
+    done = []
+    old = _old_dir(target)
+    if old.is_dir():
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"removed {old.name}")
+        else:
+            os.replace(old, target)
+            done.append(f"restored {target.name} from {old.name}")
+    if target.parent.is_dir():
+        for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            done.append(f"removed {tmp.name}")
+    return done
 
 
 def write_json(path: str | os.PathLike, obj: Any, provenance: dict | None = None) -> None:
@@ -80,6 +148,39 @@ def append_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write("".join(line + "\n" for line in lines))
+
+
+def load_torch_plain(path: str | os.PathLike, what: str = "torch file"):
+    """`torch.load` with `weights_only=True` (code in a pickle never runs); a refusal or a damaged
+    file becomes one QScopeError line. The refusal never echoes torch's advice to retry with
+    `weights_only=False`: that advice is how a malicious file gets to run."""
+    import pickle
+
+    import torch
+
+    from .errors import QScopeError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as exc:
+        raise QScopeError(f"{path}: refused to unpickle: the file holds more than plain tensors "
+                          f"({_unpickle_reason(exc)})") from None
+    except Exception as exc:  # corrupt zip, truncated file, not a torch file at all
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise QScopeError(f"{path}: not a readable {what} ({first[:200]})") from None
+
+
+def _unpickle_reason(exc: BaseException) -> str:
+    """What the pickle asked for, without torch's how-to-load-it-anyway text."""
+    text = str(exc)
+    found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
+    if found:
+        return f"it names {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    reason = found.group(1) if found else "not a plain tensor file"
+    return re.split(r"\s+Please\b|weights_only", reason)[0].strip().rstrip(".")[:200] or "not a plain tensor file"
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -16,8 +16,8 @@ app = typer.Typer(help="Classify texts with SAE features (top-K OR rule, no trai
 LayersOpt = typer.Option(
     None, "--layers", help="Comma-separated layers, e.g. 6,15,24 (default: every shipped SAE layer)."
 )
-NDiscoveryOpt = typer.Option(400, help="Discovery texts per class.")
-SplitSeedOpt = typer.Option(0, help="Split seed.")
+NDiscoveryOpt = typer.Option(400, min=1, help="Discovery texts per class.")
+SplitSeedOpt = typer.Option(0, min=0, help="Split seed.")
 CacheDirOpt = typer.Option(None, "--cache", help="Code cache folder (default QSCOPE_HOME/codes).")
 ClassifierOpt = typer.Option(..., "--classifier", "-c", help="Classifier JSON from `classify discover`.")
 SavedModelOpt = typer.Option(None, "--model", "-m", help="Model (default: the one saved in the classifier).")
@@ -108,11 +108,11 @@ def discover_cmd(
     sae: SaeOpt = "default",
     layers: Optional[str] = LayersOpt,
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Use this layer instead of the top1-diff choice."),
-    k: int = typer.Option(5, "-k", help="Features ORed together (top K by delta)."),
-    multi: int = typer.Option(0, help="Instead: OR the best feature of the top-m layers (m>0)."),
+    k: int = typer.Option(5, "-k", min=1, help="Features ORed together (top K by delta)."),
+    multi: int = typer.Option(0, min=0, help="Instead: OR the best feature of the top-m layers (m>0)."),
     n_discovery: int = NDiscoveryOpt,
     seed: int = SplitSeedOpt,
-    max_length: int = typer.Option(128, help="Tokens per text (longer texts are cut)."),
+    max_length: int = typer.Option(128, min=1, help="Tokens per text (longer texts are cut)."),
     cache_dir: Optional[str] = CacheDirOpt,
     device: DeviceOpt = None,
     json: JsonOpt = False,
@@ -173,7 +173,7 @@ def run_cmd(
     classifier: Path = ClassifierOpt,
     texts: List[str] = typer.Argument(None, help="Texts to classify (or use --texts)."),
     source: Optional[str] = typer.Option(None, "--texts", help="A file, folder or corpus name of texts."),
-    limit: int = typer.Option(100, help="At most this many texts from --texts."),
+    limit: int = typer.Option(100, min=1, help="At most this many texts from --texts."),
     model: Optional[str] = SavedModelOpt,
     sae: Optional[str] = SavedSaeOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the labels as JSON here."),
@@ -230,10 +230,10 @@ def eval_cmd(
     layers: Optional[str] = LayersOpt,
     ks: str = typer.Option("1,2,5,10", help="K values (features ORed)."),
     n_discovery: int = NDiscoveryOpt,
-    n_test: int = typer.Option(200, help="Test texts per class."),
-    seeds: int = typer.Option(5, help="Repeats per data fraction of the efficiency curve."),
+    n_test: int = typer.Option(200, min=1, help="Test texts per class."),
+    seeds: int = typer.Option(5, min=1, help="Repeats per data fraction of the efficiency curve."),
     seed: int = SplitSeedOpt,
-    max_length: int = typer.Option(128, help="Tokens per text."),
+    max_length: int = typer.Option(128, min=1, help="Tokens per text."),
     cache_dir: Optional[str] = CacheDirOpt,
     keep_residuals: bool = ResidualsOpt,
     device: DeviceOpt = None,
@@ -323,11 +323,11 @@ def corpus_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="JSONL with index, label, fired per text."),
     model: Optional[str] = SavedModelOpt,
     sae: Optional[str] = SavedSaeOpt,
-    limit: Optional[int] = typer.Option(None, help="Stop after this many texts."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Stop after this many texts."),
     keep_text: bool = typer.Option(False, help="Copy each text into its output line."),
     ray: bool = typer.Option(False, "--ray", help="Use a Ray Data actor pool (not resumable)."),
-    actors: int = typer.Option(2, help="Ray actors, each holding a model + SAEs."),
-    batch_size: int = typer.Option(16, help="Texts per forward."),
+    actors: int = typer.Option(2, min=1, help="Ray actors, each holding a model + SAEs."),
+    batch_size: int = typer.Option(16, min=1, help="Texts per forward."),
     device: DeviceOpt = None,
     json: JsonOpt = False,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -13,11 +14,24 @@ console = Console(stderr=True)
 
 
 def emit_json(obj: Any) -> None:
-    """Print a JSON-ready object (or anything with `.to_dict()`) to stdout."""
+    """Print a JSON-ready object (or anything with `.to_dict()`) to stdout. NaN and infinities,
+    which JSON has no words for, are printed as null (a bare NaN breaks every JSON reader)."""
     if hasattr(obj, "to_dict"):
         obj = obj.to_dict()
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.write(json.dumps(_finite(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    if hasattr(obj, "to_dict"):
+        return _finite(obj.to_dict())
+    return obj
 
 
 # Options shared by every command that runs a model with an SAE (typer reads `Annotated`).
@@ -26,7 +40,8 @@ from typing import Annotated, Optional  # noqa: E402
 import typer  # noqa: E402
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model: 'default', an HF folder, a .gguf file or a hub id.")]
-SaeOpt = Annotated[str, typer.Option("--sae", "-s", help="SAE: 'default', a layer<n>.sae.pt, a folder or a hub repo id.")]
+SaeOpt = Annotated[str, typer.Option("--sae", "-s", help="SAE: 'default', a layer<n>.sae.pt (add :k=<k> if its path "
+                                                        "has no L0_<k>), a folder or a hub repo id.")]
 LayerOpt = Annotated[Optional[int], typer.Option("--layer", "-l", help="Layer (needed when the SAE source holds several).")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
 DtypeOpt = Annotated[Optional[str], typer.Option(help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")]
@@ -47,8 +62,9 @@ def load_pair(model: str, sae: str, layer: int | None, device: str | None = None
     from ..sae import SAE
 
     with console.status("loading model and SAE"):
+        sae_ = SAE.load(sae, layer=layer)  # first: a bad SAE fails in a second, not after a model load
         lm = load_model(model, device=device, dtype=dtype)
-        sae_ = SAE.load(sae, layer=layer, device=lm.device)
+        sae_ = sae_.to(lm.device)
     lm.check_sae(sae_, layer)
     return lm, sae_
 

@@ -84,10 +84,10 @@ def pull(
 @data_app.command("show")
 def show(
     spec: str = typer.Argument(..., help="File (.txt, .jsonl[.gz], .parquet, .arrow), folder, corpus name, or hf:<id> (optionally :<config> and @<split>)."),
-    limit: int = typer.Option(3, "--limit", "-n", help="How many texts to print."),
+    limit: int = typer.Option(3, "--limit", "-n", min=1, help="How many texts to print."),
     field: str = typer.Option("text", help="JSON field / column holding the text (chat 'messages' lists also work)."),
     by_line: bool = typer.Option(False, "--by-line", help="For .txt files: one text per line instead of per paragraph."),
-    width: int = typer.Option(600, help="Cut each printed text after this many characters (not with --json)."),
+    width: int = typer.Option(600, min=1, help="Cut each printed text after this many characters (not with --json)."),
     json: bool = typer.Option(False, "--json", help="Print the texts as a JSON list on stdout (uncut)."),
 ) -> None:
     """Print the first texts of any text source, to check what a command would read.
@@ -108,8 +108,8 @@ def show(
 @data_app.command("export-mix")
 def export_mix_cmd(
     out: Path = typer.Argument(..., help="Output .jsonl.gz file."),
-    chars: int = typer.Option(..., "--chars", help="Total characters to write, e.g. 20000000."),
-    seed: int = typer.Option(0, help="Shuffle seed; the same seed gives the same file."),
+    chars: int = typer.Option(..., "--chars", min=1, help="Total characters to write, e.g. 20000000."),
+    seed: int = typer.Option(0, min=0, help="Shuffle seed; the same seed gives the same file."),
     json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Write the default training mix to one .jsonl.gz file, e.g. to ship to a GPU machine.

@@ -18,7 +18,7 @@ def register(root: typer.Typer) -> None:
 def demo(
     text: str = typer.Argument(DEMO_TEXT, help="Text to analyse."),
     layer: int = typer.Option(None, "--layer", "-l", help="Shipped layer (default: the middle one)."),
-    top: int = typer.Option(8, help="Features listed."),
+    top: int = typer.Option(8, min=1, help="Features listed."),
     json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Encode a text with the default model and its shipped SAE; list the strongest features,
@@ -38,8 +38,9 @@ def demo(
         raise QScopeError("no shipped SAEs found in this install (qscope/assets/saes)")
     layer = layers[len(layers) // 2] if layer is None else layer
     with console.status("loading the default model and SAE"):
+        sae = SAE.load("default", layer=layer)  # first: a bad layer fails before the model loads
         lm = load_model("default")
-        sae = SAE.load("default", layer=layer, device=lm.device)
+        sae = sae.to(lm.device)
     encoded = encode_text(lm, sae, text, top=top, layer=layer)
     strongest = encoded.strongest(top)
     effects = {e.feature: e for e in token_effects(lm, sae, [f for f, _ in strongest], n=6)}

@@ -17,7 +17,7 @@ def encode(
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
-    top: int = typer.Option(5, help="Features shown per token."),
+    top: int = typer.Option(5, min=1, help="Features shown per token."),
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     json: JsonOpt = False,

@@ -22,8 +22,8 @@ def register(root: typer.Typer) -> None:
 
 BenchArgs = typer.Argument(None, help="Benchmarks: names (see `qscope evals benchmarks`), 'mmlu:anatomy', "
                                       "'name@split', 'name#N' (N items), or .jsonl files.")
-LimitOpt = typer.Option(300, "--limit", "-n", help="Items per benchmark (seeded random sample; 0 = all).")
-SeedOpt = typer.Option(0, help="Seed of the item sample and of the Monte-Carlo subsets.")
+LimitOpt = typer.Option(300, "--limit", "-n", min=0, help="Items per benchmark (seeded random sample; 0 = all).")
+SeedOpt = typer.Option(0, min=0, help="Seed of the item sample and of the Monte-Carlo subsets.")
 OutOpt = typer.Option(None, "--out", "-o", help="Folder for JSON results and PNG plots.")
 FootprintsOpt = typer.Option(None, "--footprints", "-f", help="Reuse a footprints.json written by "
                                                               "`qscope evals footprint --out` instead of a model run.")
@@ -136,8 +136,8 @@ def footprint_cmd(
     limit: int = LimitOpt,
     seed: int = SeedOpt,
     position: str = PositionOpt,
-    max_length: int = typer.Option(512, help="Prompts longer than this keep their last tokens."),
-    batch_size: int = typer.Option(8),
+    max_length: int = typer.Option(512, min=1, help="Prompts longer than this keep their last tokens."),
+    batch_size: int = typer.Option(8, min=1),
     template: Optional[str] = TemplateOpt,
     answer_field: Optional[str] = AnswerFieldOpt,
     choices_field: Optional[str] = ChoicesFieldOpt,
@@ -224,7 +224,7 @@ def redundancy_cmd(
     accuracy: Optional[Path] = typer.Option(None, help="Folder of `qscope evals accuracy --out` results "
                                                        "(<model>/<benchmark>.json) for tau_n, R and Spearman(R, R_hat)."),
     items: Optional[int] = ItemsOpt,
-    samples: int = typer.Option(200, help="Monte-Carlo permutations per benchmark."),
+    samples: int = typer.Option(200, min=1, help="Monte-Carlo permutations per benchmark."),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
@@ -362,7 +362,7 @@ def rank_cmd(
     candidates: List[str] = typer.Argument(..., help="Candidate benchmarks to rank."),
     suite: str = typer.Option(..., help="Comma-separated benchmarks of the current suite."),
     footprints: Optional[Path] = FootprintsOpt,
-    unique: int = typer.Option(8, help="Unique features listed per candidate (vs the suite), with promoted tokens."),
+    unique: int = typer.Option(8, min=0, help="Unique features listed per candidate (vs the suite), with promoted tokens."),
     items: Optional[int] = ItemsOpt,
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
@@ -412,8 +412,8 @@ def accuracy_cmd(
     model: ModelOpt = "default",
     limit: int = LimitOpt,
     seed: int = SeedOpt,
-    batch_size: int = typer.Option(8),
-    max_new_tokens: int = typer.Option(24, help="Generation length for open answers."),
+    batch_size: int = typer.Option(8, min=1),
+    max_new_tokens: int = typer.Option(24, min=1, help="Generation length for open answers."),
     mc_method: str = typer.Option("text", help="Multiple choice: 'text' (likelihood of each choice's text per "
                                                "character) or 'letter' (likeliest choice letter)."),
     chat: bool = typer.Option(False, help="Open/math answers: wrap the prompt in the model's chat template."),

@@ -25,9 +25,9 @@ def contrast_cmd(
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
-    top: int = typer.Option(20, help="Features listed."),
+    top: int = typer.Option(20, min=1, help="Features listed."),
     by: str = typer.Option("mean", help="Rank by difference of 'mean' activation or firing 'rate'."),
-    limit: int = typer.Option(500, help="At most this many texts per side."),
+    limit: int = typer.Option(500, min=1, help="At most this many texts per side."),
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     json: JsonOpt = False,
@@ -64,7 +64,7 @@ def tokens_cmd(
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
-    top: int = typer.Option(20, help="Features listed."),
+    top: int = typer.Option(20, min=1, help="Features listed."),
     suppress: bool = typer.Option(False, help="Find features that suppress the tokens instead."),
     json: JsonOpt = False,
 ) -> None:
@@ -101,14 +101,14 @@ def build_cmd(
     layer: LayerOpt = None,
     corpus: str = typer.Option("mix", help="'mix' = the default SAE training mix (texts labelled by corpus), or any "
                                "text source: a file, folder or corpus name (see `qscope data show`)."),
-    n_texts: int = typer.Option(1500, "--n-texts", help="Texts to stream in (a rerun with more continues)."),
-    seed: int = typer.Option(0, help="Seed of the mix's order (part of what a resume checks)."),
+    n_texts: int = typer.Option(1500, "--n-texts", min=1, help="Texts to stream in (a rerun with more continues)."),
+    seed: int = typer.Option(0, min=0, help="Seed of the mix's order (part of what a resume checks)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Store file (default: QSCOPE_HOME/stores/"
                                        "<model>-<sae>-layer<L>.sqlite)."),
-    max_length: int = typer.Option(128, help="Tokens per text (longer texts are cut)."),
-    batch_size: int = typer.Option(8, help="Texts per forward pass."),
-    top_n: int = typer.Option(20, help="Top contexts kept per feature."),
-    checkpoint_every: int = typer.Option(64, help="Commit progress every this many texts."),
+    max_length: int = typer.Option(128, min=1, help="Tokens per text (longer texts are cut)."),
+    batch_size: int = typer.Option(8, min=1, help="Texts per forward pass."),
+    top_n: int = typer.Option(20, min=1, help="Top contexts kept per feature."),
+    checkpoint_every: int = typer.Option(64, min=1, help="Commit progress every this many texts."),
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     json: JsonOpt = False,
@@ -156,7 +156,7 @@ def build_cmd(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     started = time.monotonic()
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(f"layer {layer_} texts", total=n_texts, completed=min(start_done, n_texts), rate="")
 
         def progress(done: int, tokens: int) -> None:
@@ -184,12 +184,12 @@ def show_cmd(
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
-    top: int = typer.Option(10, help="Top contexts shown."),
-    intervals: int = typer.Option(2, help="Samples shown per activation interval."),
+    top: int = typer.Option(10, min=0, help="Top contexts shown."),
+    intervals: int = typer.Option(2, min=1, help="Samples shown per activation interval."),
     plain: bool = typer.Option(False, help="No colours: mark the activating token «like this»."),
     png: Optional[Path] = typer.Option(None, help="Also write the activation histogram as a PNG."),
     search: Optional[str] = typer.Option(None, help="Instead, list the features whose explanation has these words."),
-    densest: int = typer.Option(0, help="Instead, list this many features by firing density."),
+    densest: int = typer.Option(0, min=0, help="Instead, list this many features by firing density."),
     json: JsonOpt = False,
 ) -> None:
     """A feature's dashboard from a feature store (no model is loaded).

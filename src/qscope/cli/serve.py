@@ -54,13 +54,29 @@ def load_served(model: str, sae: str, layers: list[int] | None, store_files: lis
     return lm, saes, stores
 
 
+def served_hosts(host: str, extra: list[str]) -> list[str]:
+    """Host names a request may carry: the bound address, loopback names, and `--allow-host` ones.
+    Any other Host header is refused, so a web page (or a DNS-rebound name) cannot drive the model."""
+    from ..web.guard import LOCAL_HOSTS
+
+    hosts = [host, *LOCAL_HOSTS, *extra]
+    if host in ("0.0.0.0", "::"):  # every interface: also this machine's own names
+        import socket
+
+        hosts += [socket.gethostname(), socket.getfqdn()]
+    # a Host header writes an IPv6 address in brackets
+    return list(dict.fromkeys(f"[{h}]" if ":" in h and not h.startswith("[") else h for h in hosts if h))
+
+
 def serve(
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: every shipped layer)."),
     store: List[str] = typer.Option([], "--store", help="Feature store (.sqlite) to serve; repeatable, one per layer."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes the model to your network)."),
-    port: int = typer.Option(8000, help="TCP port."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
+    allow_host: List[str] = typer.Option([], "--allow-host", help="Also accept requests whose Host header is this name "
+                                         "(repeatable; e.g. the name of a proxy in front; '*' accepts any)."),
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
@@ -74,7 +90,7 @@ def serve(
 
     with console.status("loading model, SAEs and feature stores"):
         lm, saes, stores = load_served(model, sae, parse_layers(layers), store, device, dtype)
-        app = create_app(lm, saes, stores)
+        app = create_app(lm, saes, stores, allowed_hosts=served_hosts(host, allow_host))
     with_store = ", ".join(str(l) for l in sorted(stores)) or "none"
     console.print(f"serving {lm.name} · layers {', '.join(map(str, sorted(saes)))} · stores for layers {with_store}")
     console.print(f"open http://{host}:{port}  (API schema at /openapi.json, docs at /docs)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import typer
 from rich.table import Table
 
@@ -40,9 +42,12 @@ def parse_edit(spec: str, mode: str, relative: bool, gate: int | None):
 
     try:
         feature, strength = spec.split(":")
-        return FeatureEdit(int(feature), float(strength), mode, relative, gate)
+        edit = FeatureEdit(int(feature), float(strength), mode, relative, gate)
     except ValueError:
         raise QScopeError(f"--feature {spec!r}: expected FEATURE:STRENGTH, e.g. 1234:8 or 1234:-4") from None
+    if not math.isfinite(edit.strength):
+        raise QScopeError(f"--feature {spec!r}: the strength must be a finite number, e.g. 1234:8 or 1234:-4")
+    return edit
 
 
 @app.command("run")
@@ -54,7 +59,7 @@ def run(
     gate: int = GateOpt,
     positions: str = PositionsOpt,
     chat: bool = typer.Option(True, help="Wrap the prompt in the model's chat template."),
-    max_new_tokens: int = typer.Option(48, help="Tokens generated."),
+    max_new_tokens: int = typer.Option(48, min=1, help="Tokens generated."),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
@@ -68,8 +73,9 @@ def run(
     """
     from ..steer import Steering
 
+    edits = [parse_edit(s, mode, relative, gate) for s in feature]  # bad specs fail before the model loads
     lm, sae_ = load_pair(model, sae, layer, device, dtype)
-    steering = Steering(sae_, [parse_edit(s, mode, relative, gate) for s in feature], positions, layer)
+    steering = Steering(sae_, edits, positions, layer)
     with console.status("generating"):
         plain = lm.generate(prompt, max_new_tokens=max_new_tokens, chat=chat)
         steered = lm.generate(prompt, max_new_tokens=max_new_tokens, chat=chat, steer=steering)
@@ -90,6 +96,8 @@ def parse_strengths(spec: str) -> list[float]:
         raise QScopeError(f"--strengths {spec!r}: expected numbers separated by commas, e.g. 0,10,20,40") from None
     if not values:
         raise QScopeError("--strengths: give at least one strength, e.g. 0,10,20,40")
+    if not all(math.isfinite(v) for v in values):
+        raise QScopeError(f"--strengths {spec!r}: every strength must be a finite number, e.g. 0,10,20,40")
     return values
 
 

@@ -56,7 +56,7 @@ def _targets(
 TargetsOpt = typer.Option(None, "--targets", help="Target feature ids, comma-separated, or a file of ids.")
 PosOpt = typer.Option(None, "--contrast-pos", help="Targets = features firing more on these texts ...")
 NegOpt = typer.Option(None, "--contrast-neg", help="... than on these texts.")
-NOpt = typer.Option(50, "--n-targets", help="Targets taken from the contrast.")
+NOpt = typer.Option(50, "--n-targets", min=1, help="Targets taken from the contrast.")
 
 
 @app.command("coverage")
@@ -66,7 +66,7 @@ def coverage_cmd(
     contrast_pos: Optional[str] = PosOpt,
     contrast_neg: Optional[str] = NegOpt,
     n_targets: int = NOpt,
-    limit: int = typer.Option(1000, help="At most this many texts per input."),
+    limit: int = typer.Option(1000, min=1, help="At most this many texts per input."),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
@@ -105,12 +105,12 @@ def generate_cmd(
     contrast_pos: Optional[str] = PosOpt,
     contrast_neg: Optional[str] = NegOpt,
     n_targets: int = NOpt,
-    limit: int = typer.Option(1000, help="At most this many texts per input."),
-    per_target: int = typer.Option(4, help="Candidates generated per uncovered target (the budget)."),
+    limit: int = typer.Option(1000, min=1, help="At most this many texts per input."),
+    per_target: int = typer.Option(4, min=1, help="Candidates generated per uncovered target (the budget)."),
     strength: float = typer.Option(
         60.0, help="Local steering strength: multiple of the target's decoder direction added at every position."
     ),
-    max_new_tokens: int = typer.Option(40, help="Tokens per local candidate."),
+    max_new_tokens: int = typer.Option(40, min=1, help="Tokens per local candidate."),
     examples: Optional[str] = typer.Option(
         None,
         help="Describe each target by its top-activating texts from this pool "
@@ -129,7 +129,7 @@ def generate_cmd(
     report: Optional[Path] = typer.Option(
         None, help="Write the coverage report JSON here (default: <out>.report.json)."
     ),
-    seed: int = typer.Option(0, help="Sampling seed."),
+    seed: int = typer.Option(0, min=0, help="Sampling seed."),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,

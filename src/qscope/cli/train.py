@@ -20,6 +20,8 @@ Examples:
 
   qscope train --resume runs/smollm2                      (continue after a crash or kill)
 
+  qscope train --layers 15 --tokens 2M --out runs/smollm2 --overwrite   (replace an earlier run)
+
   qscope train cache --model default --layers 3,15,24 --tokens 2M --out cache/
 
   qscope train --cache cache/ --tokens 4M --out runs/from-cache   (epochs over the cache)
@@ -51,31 +53,33 @@ def train_command(
     ctx: typer.Context,
     config: Path | None = typer.Option(None, "--config", help="JSON or TOML file of TrainConfig fields."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this output folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out (its checkpoint, "
+                                   "metrics and layer<N>/ SAEs)."),
     model: str | None = typer.Option(None, "--model", "-m", help="`default`, an HF folder/hub id, or a .gguf."),
     layers: str | None = typer.Option(None, "--layers", "-l", help="Comma-separated layers, e.g. 3,15,24."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder."),
     data: str | None = typer.Option(None, "--data", help="`mix` (default corpus mix), a corpus name, file or folder."),
     cache: Path | None = typer.Option(None, "--cache", help="Train from this activation cache (built if missing)."),
     tokens: str | None = typer.Option(None, "--tokens", "-t", help="Training tokens, e.g. 2M, 500k."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Tokens per step (all ranks). [4096]"),
-    expansion: int | None = typer.Option(None, "--expansion", help="d_sae = expansion x d_model. [16]"),
-    d_sae: int | None = typer.Option(None, "--d-sae", help="Number of latents (overrides --expansion)."),
-    k: int | None = typer.Option(None, "--k", "-k", help="Active latents per token. [50]"),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Tokens per step (all ranks). [4096]"),
+    expansion: int | None = typer.Option(None, "--expansion", min=1, help="d_sae = expansion x d_model. [16]"),
+    d_sae: int | None = typer.Option(None, "--d-sae", min=1, help="Number of latents (overrides --expansion)."),
+    k: int | None = typer.Option(None, "--k", "-k", min=1, help="Active latents per token. [50]"),
     lr: float | None = typer.Option(None, "--lr", help="Adam lr. [2e-4 / sqrt(d_sae / 2^14)]"),
-    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="[min(1000, steps/10)]"),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0, help="[min(1000, steps/10)]"),
     lr_decay: float | None = typer.Option(None, "--lr-decay", help="Linear decay over this last fraction. [0]"),
     auxk_alpha: float | None = typer.Option(None, "--auxk-alpha", help="AuxK loss weight. [1/32]"),
     dead_after: str | None = typer.Option(None, "--dead-after", help="Tokens unfired before a latent is dead. "
                                              "[min(10M, tokens/10)]"),
-    ctx_len: int | None = typer.Option(None, "--ctx-len", help="Tokens per packed sequence. [256]"),
-    lm_batch: int | None = typer.Option(None, "--lm-batch", help="Sequences per LM forward. [32]"),
+    ctx_len: int | None = typer.Option(None, "--ctx-len", min=1, help="Tokens per packed sequence. [256]"),
+    lm_batch: int | None = typer.Option(None, "--lm-batch", min=1, help="Sequences per LM forward. [32]"),
     norm_mult: float | None = typer.Option(None, "--norm-mult", help="Drop tokens above this x median norm. [10]"),
     buffer_tokens: str | None = typer.Option(None, "--buffer-tokens", help="Shuffle buffer size. [65536]"),
-    holdout_shards: int | None = typer.Option(None, "--holdout-shards",
+    holdout_shards: int | None = typer.Option(None, "--holdout-shards", min=0,
                                                  help="With --cache: keep the last N shards out, for eval."),
-    ckpt_every: int | None = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps. [200]"),
-    log_every: int | None = typer.Option(None, "--log-every", help="Metrics row every N steps. [10]"),
-    seed: int | None = typer.Option(None, "--seed", help="[0]"),
+    ckpt_every: int | None = typer.Option(None, "--ckpt-every", min=1, help="Checkpoint every N steps. [200]"),
+    log_every: int | None = typer.Option(None, "--log-every", min=1, help="Metrics row every N steps. [10]"),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="[0]"),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, ... [auto]"),
     dtype: str | None = typer.Option(None, "--dtype", help="The LM's dtype: auto, float32, bfloat16. [auto]"),
     matmul: str | None = typer.Option(None, "--matmul", help="Encoder matmul precision: auto (tf32 on CUDA, "
@@ -106,6 +110,8 @@ def train_command(
             raise QScopeError(f"{resume}: no run to resume (missing config.json)")
         if out is not None and out != resume:
             raise QScopeError("--resume DIR continues in DIR; drop --out")
+        if overwrite:
+            raise QScopeError("--resume continues a run and --overwrite replaces it; give one of them")
         base = TrainConfig.from_file(saved).to_dict()
         base["out_dir"] = str(resume)
     elif config is not None:
@@ -115,7 +121,7 @@ def train_command(
     cfg = TrainConfig.from_dict({**base, **flags})
     if not cfg.out_dir:
         raise QScopeError("no output folder: give --out DIR (or --resume DIR)")
-    trainer = Trainer(cfg, progress=not no_progress)
+    trainer = Trainer(cfg, progress=not no_progress, resume=resume is not None, overwrite=overwrite)
     summary = trainer.run()
     if _rank() != 0:
         return
@@ -130,12 +136,12 @@ def cache_command(
     out: Path = typer.Option(..., "--out", "-o", help="Cache folder."),
     tokens: str = typer.Option("2M", "--tokens", "-t", help="Tokens to store, e.g. 2M."),
     data: str = typer.Option("mix", "--data", help="`mix`, a corpus name, a file or a folder."),
-    ctx_len: int = typer.Option(256, "--ctx-len", help="Tokens per packed sequence."),
-    lm_batch: int = typer.Option(32, "--lm-batch", help="Sequences per LM forward."),
+    ctx_len: int = typer.Option(256, "--ctx-len", min=1, help="Tokens per packed sequence."),
+    lm_batch: int = typer.Option(32, "--lm-batch", min=1, help="Sequences per LM forward."),
     norm_mult: float = typer.Option(10.0, "--norm-mult", help="Drop tokens above this x median norm."),
     shard_tokens: str = typer.Option("32768", "--shard-tokens", help="Tokens per shard file."),
     store_dtype: str = typer.Option("float16", "--store-dtype", help="float16, bfloat16 or float32."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the `mix` data order."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the `mix` data order."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),
     dtype: str = typer.Option("auto", "--dtype", help="The LM's dtype."),
     as_json: bool = typer.Option(False, "--json", help="Print the cache's meta as JSON on stdout."),

@@ -21,14 +21,14 @@ def register(root: typer.Typer) -> None:
 
 BenchArg = typer.Argument(..., help="Benchmark: arc_easy, boolq, mmlu:<subject>, triviaqa ... (see "
                                     "`qscope evals benchmarks`) or a .jsonl file.")
-LimitOpt = typer.Option(300, help="Items (a seeded random subset; smaller limits are prefixes of larger ones).")
+LimitOpt = typer.Option(300, min=1, help="Items (a seeded random subset; smaller limits are prefixes of larger ones).")
 SplitOpt = typer.Option(None, help="Split (default: the benchmark's first).")
-SeedOpt = typer.Option(0, help="Seed of the item subset, the folds and the bootstrap.")
+SeedOpt = typer.Option(0, min=0, help="Seed of the item subset, the folds and the bootstrap.")
 McScoringOpt = typer.Option("letter", help="Multiple choice: 'letter' (log-likelihood of the choice letter after a "
                                           "lettered prompt) or 'cloze' (log-likelihood of each choice's text; what "
                                           "small models are usually scored with).")
-McTraceOpt = typer.Option(0, help="Letter scoring: tokens generated after the prompt for the uncertainty trace.")
-NewTokensOpt = typer.Option(24, help="Open answers: tokens generated (the first line is graded).")
+McTraceOpt = typer.Option(0, min=0, help="Letter scoring: tokens generated after the prompt for the uncertainty trace.")
+NewTokensOpt = typer.Option(24, min=1, help="Open answers: tokens generated (the first line is graded).")
 ChatOpt = typer.Option(False, help="Wrap prompts in the model's chat template (letter scoring and open answers).")
 
 
@@ -105,8 +105,8 @@ def report_cmd(
     sae: str = typer.Option("default", "--sae", "-s", help="SAE source for rivalry and the SAE probe ('none' to skip)."),
     layers: str = typer.Option("6,15,24", help="SAE layers, comma-separated."),
     probe_layers: str = typer.Option("all", help="Layers of the raw-residual probe: 'all', 'none' or e.g. '6,15,24'."),
-    folds: int = typer.Option(5, help="Cross-validation folds of the learned scores."),
-    n_boot: int = typer.Option(1000, help="Bootstrap resamples for the CIs."),
+    folds: int = typer.Option(5, min=1, help="Cross-validation folds of the learned scores."),
+    n_boot: int = typer.Option(1000, min=1, help="Bootstrap resamples for the CIs."),
     mc_scoring: str = McScoringOpt,
     mc_trace_tokens: int = McTraceOpt,
     max_new_tokens: int = NewTokensOpt,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -111,18 +112,33 @@ def _txt_texts(path: Path, by_line: bool) -> Iterator[str]:
 
 def _jsonl_records(path: Path, expected: str) -> Iterator[tuple[int, dict]]:
     """(line number, record) per non-blank line, plain or gzipped; bad lines name their number."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise QScopeError(f"{path} line {number}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise QScopeError(f"{path} line {number}: expected a JSON object with {expected}")
-            yield number, record
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise QScopeError(f"{path} line {number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise QScopeError(f"{path} line {number}: expected a JSON object with {expected}")
+        yield number, record
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, gunzipped if it ends in .gz; a file that is not
+    UTF-8, or not gzip, fails naming the file and line, not with a decoder's traceback."""
+    gz = path.name.endswith(".gz")
+    number = 0
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            for number, raw in enumerate(fh, 1):
+                yield number, raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise QScopeError(f"{path} line {number}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line); "
+                          "save the file as UTF-8") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        what = "truncated" if isinstance(exc, EOFError) else "not a gzip file"
+        raise QScopeError(f"{path}: {what} ({exc}); a .gz name needs whole gzip-compressed content") from None
 
 
 def _jsonl_texts(path: Path, field: str) -> Iterator[str]:

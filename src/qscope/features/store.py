@@ -559,11 +559,23 @@ def build_store(lm, sae, texts: Iterable, path: str | Path, layer: int | None = 
               "top_n": top_n, "max_length": max_length, "left": LEFT, "right": RIGHT,
               "hist_edges": HIST_EDGES.tolist(), "samples_per_interval": SAMPLES_PER_INTERVAL}
     with _build_lock(path):
+        fresh = not path.exists()
         conn = _open_for_build(path)
         try:
             return _build(conn, lm, sae, texts, path, wanted, layer, max_length, batch_size, checkpoint_every, progress)
+        except BaseException:
+            if fresh and not conn.execute("SELECT COUNT(*) FROM meta").fetchone()[0]:
+                conn.close()
+                _remove_store_files(path)  # failed before its first commit: leave nothing behind
+            raise
         finally:
             conn.close()
+
+
+def _remove_store_files(path: Path) -> None:
+    """Delete a store that holds nothing, with its SQLite side files and build lock."""
+    for extra in ("", "-wal", "-shm", "-journal", ".lock"):
+        path.with_name(path.name + extra).unlink(missing_ok=True)
 
 
 @contextmanager

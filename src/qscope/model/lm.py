@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -11,6 +12,8 @@ import torch
 from ..errors import QScopeError
 from . import hooks
 from .layers import find_decoder_layers, text_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +68,12 @@ class LM:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def context_length(self) -> int | None:
+        """Positions the model was trained on (`max_position_embeddings`), if it says."""
+        value = getattr(text_config(self.model), "max_position_embeddings", None)
+        return int(value) if value else None
+
     def __repr__(self) -> str:
         return f"LM({self.name}, layers={self.n_layers}, d_model={self.d_model}, device={self.device})"
 
@@ -97,8 +106,25 @@ class LM:
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise QScopeError("empty text: every text must contain at least one non-space character")
         self.tokenizer.padding_side = padding_side
-        return self.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=max_length is not None,
-                              max_length=max_length).to(self.device)
+        enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=max_length is not None,
+                             max_length=max_length)
+        if max_length is not None:
+            self._report_cuts(texts, enc["attention_mask"].sum(1), max_length)
+        return enc.to(self.device)
+
+    def _report_cuts(self, texts: Sequence[str], lengths: torch.Tensor, max_length: int) -> None:
+        """Say (once per limit and model) that texts were cut: a silent cut changes results unseen."""
+        reported = self.__dict__.setdefault("_cuts_reported", set())
+        if max_length in reported:
+            return
+        full = [i for i, n in enumerate(lengths.tolist()) if n >= max_length]
+        if not full:
+            return
+        longest = max(len(ids) for ids in self.tokenizer([texts[i] for i in full])["input_ids"])
+        if longest > max_length:
+            reported.add(max_length)
+            log.warning("texts longer than %s tokens are cut to their first %s (one had %s tokens); further cuts "
+                        "at this limit are not reported", f"{max_length:,}", f"{max_length:,}", f"{longest:,}")
 
     def token_strings(self, input_ids: torch.Tensor | Sequence[int]) -> list[str]:
         """Per-token strings that join back into the text.
@@ -184,6 +210,7 @@ class LM:
         if chat:
             prompts = [self.chat_prompt(p) for p in prompts]
         enc = self.tokenize(prompts, max_length=None, padding_side="left")
+        max_new_tokens = self._fit_context(enc["input_ids"].shape[1], max_new_tokens)
         if seed is not None:
             torch.manual_seed(seed)
         context = hooks.edit(self.layers, self._edits(steer)) if steer is not None else nullcontext()
@@ -193,3 +220,21 @@ class LM:
                                       **sampling, **kwargs)
         texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return texts[0] if single else texts
+
+    def _fit_context(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """New tokens that fit in the context after the prompt; a prompt that fills it is an error
+        (past its context a model's output is meaningless, and memory grows with the length)."""
+        if max_new_tokens < 1:
+            raise QScopeError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        context = self.context_length
+        if context is None:
+            return max_new_tokens
+        if prompt_tokens >= context:
+            raise QScopeError(f"prompt of {prompt_tokens:,} tokens: {self.name} reads at most {context:,} tokens "
+                              "(its context length); shorten the prompt")
+        if prompt_tokens + max_new_tokens > context:
+            log.warning("generation cut to %s new tokens: the prompt (%s tokens) and %s new tokens would pass the "
+                        "model's context of %s", context - prompt_tokens, f"{prompt_tokens:,}", max_new_tokens,
+                        f"{context:,}")
+            return context - prompt_tokens
+        return max_new_tokens

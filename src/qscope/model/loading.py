@@ -100,9 +100,19 @@ def pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        picked = torch.device(device)
     except RuntimeError:
         raise QScopeError(f"unknown device {device!r} (try cpu, cuda, cuda:1, mps)") from None
+    if picked.type == "cuda":
+        if not torch.cuda.is_available():
+            raise QScopeError(f"--device {device}: this PyTorch sees no CUDA GPU (a CPU-only build, or no GPU "
+                              "visible); use --device cpu")
+        if picked.index is not None and picked.index >= torch.cuda.device_count():
+            raise QScopeError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    if picked.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise QScopeError(f"--device {device}: MPS is not available here; use --device cpu")
+    return picked
 
 
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 from typing import Any
 
 ACTIVATIONS = ("topk", "jumprelu", "relu")
@@ -31,6 +32,10 @@ class SAEConfig:
     def __post_init__(self) -> None:
         from ..errors import QScopeError
 
+        for name in ("d_model", "d_sae", "k", "layer"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Integral)):
+                raise QScopeError(f"SAE {name} must be a whole number, got {value!r}")
         if self.activation not in ACTIVATIONS:
             raise QScopeError(f"SAE activation {self.activation!r} is not one of {ACTIVATIONS}")
         if self.d_model <= 0 or self.d_sae <= 0:

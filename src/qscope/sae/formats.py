@@ -7,7 +7,6 @@ from what the source looks like and turns every failure into one clear QScopeErr
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import QScopeError
-from ..io import atomic_dir
+from ..io import atomic_dir, load_torch_plain
 from .config import SAEConfig
 from .registry import DEFAULT_RELEASE, Release, default_layers, default_sae_root, find_release
 from .sae import SAE
@@ -25,6 +24,7 @@ from .sae import SAE
 State = dict[str, torch.Tensor]
 
 QWEN_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
+K_SUFFIX = ":k="  # `--sae layer12.sae.pt:k=50`: the k of a file that does not record it
 
 
 # --------------------------------------------------------------------------- readers
@@ -33,19 +33,17 @@ def _layer_from_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def read_qwen_scope_file(path: Path) -> tuple[SAEConfig, State]:
+def read_qwen_scope_file(path: Path, k: int | None = None) -> tuple[SAEConfig, State]:
     """A Qwen-Scope `layer{n}.sae.pt`: a plain dict of 4 tensors; W_enc (d_sae, d_model),
-    W_dec (d_model, d_sae). Unpickled with `weights_only=True`: code in the pickle never runs."""
+    W_dec (d_model, d_sae). Unpickled with `weights_only=True`: code in the pickle never runs.
+
+    The file holds no k, and a wrong k gives wrong codes without any other sign: it comes from
+    `k`, else from the path (Qwen-Scope repos are named `...-L0_<k>`), else loading fails."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic not in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):  # torch zip or raw pickle
         raise QScopeError(f"{path}: not a readable torch tensor file (unknown header {magic!r})")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise QScopeError(f"{path}: refused to unpickle: the file holds more than plain tensors ({_first_line(exc)})") from None
-    except Exception as exc:  # corrupt zip, truncated file, not a torch file
-        raise QScopeError(f"{path}: not a readable torch tensor file ({_first_line(exc)})") from None
+    raw = load_torch_plain(path, "torch tensor file")
     if not isinstance(raw, dict) or not all(isinstance(raw.get(key), torch.Tensor) for key in QWEN_SCOPE_KEYS):
         found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise QScopeError(f"{path}: expected a dict with tensors {list(QWEN_SCOPE_KEYS)}, found {found}")
@@ -56,10 +54,14 @@ def read_qwen_scope_file(path: Path) -> tuple[SAEConfig, State]:
         "b_enc": raw["b_enc"].reshape(-1),
         "b_dec": raw["b_dec"].reshape(-1),
     }
+    if k is None:
+        k_match = re.search(r"L0_(\d+)", str(path))
+        if not k_match:
+            raise QScopeError(f"{path}: the file does not record k (active latents per token) and its path names "
+                              f"none (no 'L0_<k>'); pass it as '{path}{K_SUFFIX}<k>' (Python: SAE.load(..., k=<k>))")
+        k = int(k_match.group(1))
     layer = _layer_from_name(path.name)
-    # The file holds no k; Qwen-Scope repos name it (`...-L0_50`). Callers may pass k explicitly.
-    k_match = re.search(r"L0_(\d+)", str(path))
-    return SAEConfig(d_model=d_model, d_sae=d_sae, activation="topk", k=int(k_match.group(1)) if k_match else 50, layer=layer,
+    return SAEConfig(d_model=d_model, d_sae=d_sae, activation="topk", k=k, layer=layer,
                      hook=f"model.layers.{layer}" if layer is not None else None), state
 
 
@@ -73,21 +75,28 @@ def _oriented(path: Path, key: str, tensor: torch.Tensor, expected: tuple[int, i
 
 def read_saelens_folder(folder: Path) -> tuple[SAEConfig, State]:
     """A SAELens (or qscope) folder: `cfg.json` + `sae_weights.safetensors`, W_enc (d_in, d_sae)."""
-    cfg = _read_json(folder / "cfg.json")
+    where = folder / "cfg.json"
+    cfg = _read_json(where)
     state = _read_safetensors(folder / "sae_weights.safetensors")
-    ours = cfg.get("qscope") or {}
-    meta = cfg.get("metadata") or {}
-    arch = cfg.get("architecture") or cfg.get("activation_fn_str") or "standard"
-    activation = ours.get("activation") or {"topk": "topk", "jumprelu": "jumprelu"}.get(arch, "relu")
-    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
-    hook = ours["hook"] if "hook" in ours else (meta.get("hook_name") or cfg.get("hook_name"))
-    layer = ours.get("layer", cfg.get("hook_layer"))
+    ours = _typed(where, cfg, "qscope", dict) or {}
+    meta = _typed(where, cfg, "metadata", dict) or {}
+    fn_kwargs = _typed(where, cfg, "activation_fn_kwargs", dict) or {}
+    arch = _typed(where, cfg, "architecture", str) or _typed(where, cfg, "activation_fn_str", str) or "standard"
+    activation = _typed(where, ours, "activation", str, "qscope.") or {"topk": "topk", "jumprelu": "jumprelu"}.get(arch, "relu")
+    k = _typed(where, cfg, "k", int) or _typed(where, fn_kwargs, "k", int, "activation_fn_kwargs.")
+    if "hook" in ours:
+        hook = _typed(where, ours, "hook", str, "qscope.")
+    else:
+        hook = _typed(where, meta, "hook_name", str, "metadata.") or _typed(where, cfg, "hook_name", str)
+    layer = _typed(where, ours, "layer", int, "qscope.") if "layer" in ours else _typed(where, cfg, "hook_layer", int)
     if layer is None and hook:
         layer = _layer_from_name(hook.replace("blocks.", "layers."))
     config = SAEConfig(
-        d_model=int(_field(folder, cfg, "d_in")), d_sae=int(_field(folder, cfg, "d_sae")), activation=activation,
-        k=int(k) if k else None, layer=layer, hook=hook, model_name=meta.get("model_name") or cfg.get("model_name"),
-        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)), metadata=ours.get("metadata") or {},
+        d_model=_typed(where, cfg, "d_in", int, required=True), d_sae=_typed(where, cfg, "d_sae", int, required=True),
+        activation=activation, k=k, layer=layer, hook=hook,
+        model_name=_typed(where, meta, "model_name", str, "metadata.") or _typed(where, cfg, "model_name", str),
+        apply_b_dec_to_input=bool(_typed(where, cfg, "apply_b_dec_to_input", bool)),
+        metadata=_typed(where, ours, "metadata", dict, "qscope.") or {},
     )
     if activation == "jumprelu" and "threshold" not in state and "log_threshold" in state:
         state["threshold"] = state.pop("log_threshold").exp()
@@ -104,7 +113,8 @@ def read_sparsify_folder(folder: Path) -> tuple[SAEConfig, State]:
         raise QScopeError(f"{folder / 'sae.safetensors'}: missing tensors {missing} of a sparsify SAE")
     d_sae, d_model = raw["encoder.weight"].shape
     state = {"W_enc": raw["encoder.weight"].T, "b_enc": raw["encoder.bias"], "W_dec": raw["W_dec"], "b_dec": raw["b_dec"]}
-    config = SAEConfig(d_model=d_model, d_sae=d_sae, activation="topk", k=int(_field(folder, cfg, "k")),
+    config = SAEConfig(d_model=d_model, d_sae=d_sae, activation="topk",
+                       k=_typed(folder / "cfg.json", cfg, "k", int, required=True),
                        layer=_layer_from_name(folder.name), hook=folder.name, apply_b_dec_to_input=True)
     return config, _check_state(folder, config, state)
 
@@ -112,8 +122,10 @@ def read_sparsify_folder(folder: Path) -> tuple[SAEConfig, State]:
 # --------------------------------------------------------------------------- dispatch
 def load_sae(source: str | Path, layer: int | None = None, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32, k: int | None = None) -> SAE:
-    """Load any supported SAE; see `SAE.load`. `k` overrides a TopK SAE's k (files may not say it)."""
-    config, state, release = _resolve(str(source), layer)
+    """Load any supported SAE; see `SAE.load`. `k` overrides a TopK SAE's k (files may not say it);
+    a source string may also end in `:k=<k>` (the CLI's way to give it)."""
+    source, k = _split_k(str(source), k)
+    config, state, release = _resolve(source, layer, k)
     if release is not None:
         _check_release(source, release, config)
         config.model_name = config.model_name or release.model
@@ -130,21 +142,36 @@ def load_sae(source: str | Path, layer: int | None = None, device: str | torch.d
     return sae.requires_grad_(False).to(device)  # inference by default; trainers re-enable grads
 
 
-def _resolve(source: str, layer: int | None) -> tuple[SAEConfig, State, Release | None]:
+def _split_k(source: str, k: int | None) -> tuple[str, int | None]:
+    """'layer12.sae.pt:k=50' -> ('layer12.sae.pt', 50); an explicit `k` argument wins."""
+    if K_SUFFIX not in source:
+        return source, k
+    head, _, value = source.rpartition(K_SUFFIX)
+    if not value.isdigit() or int(value) < 1:
+        raise QScopeError(f"{source}: expected {K_SUFFIX}<k> with k a positive whole number, e.g. {head}{K_SUFFIX}50")
+    return head, k if k is not None else int(value)
+
+
+def _topk_of(release: Release | None) -> int | None:
+    return release.k if release is not None and release.activation == "topk" else None
+
+
+def _resolve(source: str, layer: int | None, k: int | None = None) -> tuple[SAEConfig, State, Release | None]:
     if source.strip().lower() == "default":
         return _read_default(layer) + (DEFAULT_RELEASE,)
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix == ".pt" or path.name.endswith(".sae.pt"):
-            return read_qwen_scope_file(path) + (None,)
+            return read_qwen_scope_file(path, k) + (None,)
         if path.suffix == ".safetensors":
-            return _read_folder(path.parent, layer) + (None,)
+            return _read_folder(path.parent, layer, k) + (None,)
         raise QScopeError(f"{path}: not an SAE file (expected layer<n>.sae.pt, or a folder with cfg.json)")
     if path.is_dir():
-        return _read_folder(path, layer) + (find_release(path.name),)
+        release = find_release(path.name)
+        return _read_folder(path, layer, k or _topk_of(release)) + (release,)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", source) or source.endswith((".pt", ".safetensors", ".json")):
         raise QScopeError(f"{source}: no such file or folder (and not a hub repo id like 'Qwen/SAE-Res-...')")
-    return _read_hub(source, layer)
+    return _read_hub(source, layer, k)
 
 
 def _read_default(layer: int | None) -> tuple[SAEConfig, State]:
@@ -158,7 +185,7 @@ def _read_default(layer: int | None) -> tuple[SAEConfig, State]:
     return read_saelens_folder(default_sae_root() / f"layer{layer}")
 
 
-def _read_folder(folder: Path, layer: int | None) -> tuple[SAEConfig, State]:
+def _read_folder(folder: Path, layer: int | None, k: int | None = None) -> tuple[SAEConfig, State]:
     """Pick the reader from the folder's files; descend into per-layer sub-folders if needed."""
     if (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file():
         return read_saelens_folder(folder)
@@ -170,7 +197,7 @@ def _read_folder(folder: Path, layer: int | None) -> tuple[SAEConfig, State]:
         file = folder / f"layer{layer}.sae.pt"
         if not file.is_file():
             raise QScopeError(f"{folder}: has no layer{layer}.sae.pt")
-        return read_qwen_scope_file(file)
+        return read_qwen_scope_file(file, k)
     subdirs = [d for d in folder.iterdir() if d.is_dir() and (d / "cfg.json").is_file()]
     if subdirs:
         if layer is None:
@@ -178,12 +205,12 @@ def _read_folder(folder: Path, layer: int | None) -> tuple[SAEConfig, State]:
         match = [d for d in subdirs if _layer_from_name(d.name) == layer]
         if not match:
             raise QScopeError(f"{folder}: no SAE for layer {layer} among {sorted(d.name for d in subdirs)}")
-        return _read_folder(match[0], layer)
+        return _read_folder(match[0], layer, k)
     raise QScopeError(f"{folder}: no SAE found (expected cfg.json + sae_weights.safetensors, "
                       "cfg.json + sae.safetensors, or layer<n>.sae.pt files)")
 
 
-def _read_hub(repo: str, layer: int | None) -> tuple[SAEConfig, State, Release | None]:
+def _read_hub(repo: str, layer: int | None, k: int | None = None) -> tuple[SAEConfig, State, Release | None]:
     """A hub repo id: Qwen-Scope repos hold `layer{n}.sae.pt`; others are fetched as folders."""
     from huggingface_hub import hf_hub_download, snapshot_download
 
@@ -195,8 +222,9 @@ def _read_hub(repo: str, layer: int | None) -> tuple[SAEConfig, State, Release |
             raise QScopeError(f"{repo}: layer {layer} out of range (0..{release.n_layers - 1})")
     try:
         if release is not None:
-            return read_qwen_scope_file(Path(hf_hub_download(repo, f"layer{layer}.sae.pt"))) + (release,)
-        return _read_folder(Path(snapshot_download(repo)), layer) + (None,)
+            file = Path(hf_hub_download(repo, f"layer{layer}.sae.pt"))
+            return read_qwen_scope_file(file, k or _topk_of(release)) + (release,)
+        return _read_folder(Path(snapshot_download(repo)), layer, k) + (None,)
     except QScopeError:
         raise
     except Exception as exc:
@@ -244,10 +272,22 @@ def _read_safetensors(path: Path) -> State:
         raise QScopeError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
 
 
-def _field(folder: Path, cfg: dict[str, Any], key: str) -> Any:
-    if cfg.get(key) is None:
-        raise QScopeError(f"{folder / 'cfg.json'}: missing field {key!r}")
-    return cfg[key]
+_KINDS = {int: "a whole number", str: "a string", dict: "a JSON object", bool: "true or false"}
+
+
+def _typed(where: Path, cfg: dict[str, Any], key: str, kind: type, prefix: str = "", required: bool = False) -> Any:
+    """`cfg[key]` if it has the JSON type `kind`; None if absent (an error when `required`).
+    A file with `"d_in": "abc"` must fail here, naming the field, not deep inside torch."""
+    value = cfg.get(key)
+    if value is None:
+        if required:
+            raise QScopeError(f"{where}: missing field {prefix + key!r}")
+        return None
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise QScopeError(f"{where}: field {prefix + key!r} must be {_KINDS[kind]}, got {json.dumps(value)[:60]}")
+    return value
 
 
 def _check_state(where: Path, config: SAEConfig, state: State) -> State:

@@ -12,6 +12,7 @@ apart by counting, so steering reaches every generated token.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -83,6 +84,8 @@ class Steering:
                     raise QScopeError(f"feature {f} out of range: this SAE has features 0..{d_sae - 1}")
             if edit.mode not in ("add", "clamp"):
                 raise QScopeError(f"steering mode must be add or clamp, not {edit.mode!r}")
+            if not math.isfinite(edit.strength):
+                raise QScopeError(f"feature {edit.feature}: strength must be a finite number, not {edit.strength}")
 
     @classmethod
     def add(cls, sae: SAE, features: dict[int, float], positions: Positions = "all", relative: bool = False) -> "Steering":

@@ -1,7 +1,8 @@
 """Checkpoints and the metrics log, written so that a killed run resumes with nothing lost.
 
 One checkpoint per run, `out_dir/checkpoint/state.pt`, replaced atomically (a temp folder
-renamed into place): a SIGKILL mid-write leaves the previous checkpoint intact. It holds
+renamed into place): a SIGKILL mid-write leaves the previous checkpoint intact, and `recover`
+repairs what a kill during the swap left (the previous checkpoint put back, temp folders removed). It holds
 everything the next step depends on: SAE and Adam states, step, tokens, dead-latent counters,
 RNG states, the activation store (shuffle buffer, generator, source position) and the config.
 
@@ -15,13 +16,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import QScopeError
-from ..io import atomic_dir, atomic_path
+from ..io import atomic_dir, atomic_path, load_torch_plain, recover_dir
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
@@ -34,6 +36,35 @@ def checkpoint_path(out_dir: str | Path) -> Path:
 
 def has_checkpoint(out_dir: str | Path) -> bool:
     return checkpoint_path(out_dir).is_file()
+
+
+def recover(out_dir: str | Path) -> list[str]:
+    """Repair a checkpoint swap cut short by a kill; call before `has_checkpoint` (rank 0 only)."""
+    return recover_dir(Path(out_dir) / CHECKPOINT_DIR)
+
+
+# What a run writes into its output folder (`layer<N>/` SAE folders come on top).
+RUN_FILES = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT_DIR)
+
+
+def run_files(out_dir: str | Path) -> list[Path]:
+    """The files and folders of an earlier run in `out_dir` (empty: nothing to overwrite)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = [out / name for name in RUN_FILES if (out / name).exists()]
+    found += sorted(p for p in out.glob(f".{CHECKPOINT_DIR}.*") if p.exists())
+    found += sorted(p for p in out.glob("layer*") if p.is_dir() and (p / "cfg.json").is_file())
+    return found
+
+
+def clear_run(out_dir: str | Path) -> None:
+    """Delete an earlier run's files (what `run_files` lists), leaving anything else in the folder."""
+    for path in run_files(out_dir):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def save_checkpoint(out_dir: str | Path, state: dict[str, Any]) -> Path:
@@ -49,11 +80,11 @@ def save_checkpoint(out_dir: str | Path, state: dict[str, Any]) -> Path:
 def load_checkpoint(out_dir: str | Path) -> dict[str, Any]:
     path = checkpoint_path(out_dir)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_plain(path, "checkpoint")
     except FileNotFoundError:
         raise QScopeError(f"{out_dir}: no checkpoint to resume from ({path} missing)") from None
-    except Exception as exc:  # pickle/zip errors of a damaged file
-        raise QScopeError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict):
+        raise QScopeError(f"{path}: not a qscope checkpoint")
     if state.get("version") != FORMAT_VERSION:
         raise QScopeError(f"{path}: checkpoint format {state.get('version')} is not {FORMAT_VERSION}")
     return state

@@ -83,6 +83,7 @@ class TrainConfig:
         for key in ("total_tokens", "batch_size", "dead_after_tokens", "buffer_tokens"):
             if isinstance(data.get(key), str):
                 data[key] = parse_count(data[key])
+        _check_types(cls, data, where)
         return cls(**data)
 
     @classmethod
@@ -138,6 +139,7 @@ class TrainConfig:
     def check(self) -> None:
         if not self.out_dir:
             raise QScopeError("no output folder: give out_dir (--out)")
+        _check_types(TrainConfig, self.to_dict(), "config")
         if not 0 < self.k <= (self.d_sae or self.k):
             raise QScopeError(f"k must be in 1..d_sae, got k={self.k}, d_sae={self.d_sae}")
         for name in ("batch_size", "total_tokens", "ctx_len", "lm_batch", "ckpt_every", "log_every", "expansion"):
@@ -145,12 +147,35 @@ class TrainConfig:
                 raise QScopeError(f"{name} must be positive, got {getattr(self, name)}")
         if self.total_tokens < self.batch_size:
             raise QScopeError(f"total_tokens ({self.total_tokens}) is less than one batch ({self.batch_size})")
+        for name in ("lr", "norm_mult"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise QScopeError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("auxk_alpha", "warmup_steps", "holdout_shards", "seed"):
+            if getattr(self, name) is not None and not getattr(self, name) >= 0:
+                raise QScopeError(f"{name} must be zero or more, got {getattr(self, name)}")
         if not 0 <= self.lr_decay_frac <= 1:
             raise QScopeError(f"lr_decay_frac must be in [0, 1], got {self.lr_decay_frac}")
         if self.matmul not in ("auto", "fp32", "tf32", "bf16"):
             raise QScopeError(f"matmul must be auto, fp32, tf32 or bf16, got {self.matmul!r}")
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
             raise QScopeError(f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}")
+
+
+_JSON_KINDS = {"int": (int,), "float": (int, float), "str": (str,), "list[int]": (list,)}
+_KIND_NAMES = {"int": "a whole number", "float": "a number", "str": "a string", "list[int]": "a list of layer numbers"}
+
+
+def _check_types(cls, data: dict[str, Any], where: str) -> None:
+    """Each field of `data` has its declared type (`k: "many"` fails here, naming the field)."""
+    declared = {f.name: str(f.type) for f in fields(cls)}
+    for name, value in data.items():
+        kinds = declared[name].replace(" ", "").split("|")
+        if value is None and "None" in kinds:
+            continue
+        allowed = tuple(t for kind in kinds for t in _JSON_KINDS.get(kind, ()))
+        if allowed and (isinstance(value, bool) or not isinstance(value, allowed)):
+            expected = " or ".join(_KIND_NAMES.get(k, k) for k in kinds if k != "None")
+            raise QScopeError(f"{where}: field {name!r} must be {expected}, got {value!r}")
 
 
 def parse_count(text: str | int) -> int:
@@ -225,11 +250,19 @@ class Trainer:
     `lm` and `texts` override loading the model and the data spec (tests, notebooks);
     `on_step(trainer)` is called after every step (hooks for tests and custom logging);
     `progress=False` turns the rich progress bar off.
+    `resume`: None continues from a checkpoint if `out_dir` has one; True requires one; False
+    starts afresh and refuses an `out_dir` holding an earlier run unless `overwrite`, which
+    deletes that run's files once the new configuration has been checked.
+    A fresh run that fails before its first checkpoint removes what it wrote.
     """
 
     def __init__(self, cfg: TrainConfig, lm=None, texts=None, progress: bool = True,
-                 on_step: Callable[[Trainer], None] | None = None):
+                 on_step: Callable[[Trainer], None] | None = None, resume: bool | None = None,
+                 overwrite: bool = False):
         self.cfg = cfg
+        self.resume = resume
+        self.overwrite = overwrite
+        self.checkpointed = False  # whether this run has written a checkpoint (then a failure keeps its files)
         self.lm = lm
         self.texts = texts
         self.progress = progress
@@ -304,10 +337,12 @@ class Trainer:
         from ..sae import SAE, SAEConfig
 
         rank, world = init_distributed()
-        if not self.cfg.out_dir:
-            raise QScopeError("no output folder: give out_dir (--out)")
+        self.cfg.check()  # before a model is loaded: bad values fail in a second, not after minutes
         out = Path(self.cfg.out_dir)
-        saved = ckpt.load_checkpoint(out) if ckpt.has_checkpoint(out) else None
+        if rank == 0:
+            ckpt.recover(out)
+        _barrier(world)
+        saved = self._saved_state(out)
         cfg = merge_for_resume(saved["config"], self.cfg) if saved else self.cfg
         if saved and saved.get("world", 1) != world:
             raise QScopeError(f"{out}: the checkpoint was made with {saved['world']} process(es), not {world}")
@@ -327,6 +362,7 @@ class Trainer:
                                                matmul=cfg.matmul)
         log = ckpt.MetricsLog(out / "metrics.jsonl")
         elapsed0 = 0.0
+        created = not out.exists()
         if saved:
             self.step, self.tokens = int(saved["step"]), int(saved["tokens"])
             for layer, trainer in self.trainers.items():
@@ -339,20 +375,42 @@ class Trainer:
                 self.rows = log.resume(self.step)
         else:
             acc = {}
-            if rank == 0:
+        try:
+            if not saved and rank == 0:
+                if self.overwrite:
+                    ckpt.clear_run(out)
                 out.mkdir(parents=True, exist_ok=True)
                 log.start()
                 write_json(out / "config.json", cfg.to_dict())
-        _barrier(world)
-        self.model_name = model_name
-        summary = self._loop(cfg, log, acc, rank, world, elapsed0)
-        if held and rank == 0:
-            summary["heldout"] = self.evaluate(Path(cfg.cache_dir), held, device)
-        if rank == 0:
-            self._save_saes(cfg, summary, out)
-            write_json(out / "final.json", summary, provenance=record(seeds=cfg.seed))
-        _barrier(world)
+            _barrier(world)
+            self.model_name = model_name
+            summary = self._loop(cfg, log, acc, rank, world, elapsed0)
+            if held and rank == 0:
+                summary["heldout"] = self.evaluate(Path(cfg.cache_dir), held, device)
+            if rank == 0:
+                self._save_saes(cfg, summary, out)
+                write_json(out / "final.json", summary, provenance=record(seeds=cfg.seed))
+            _barrier(world)
+        except BaseException:
+            if not saved and not self.checkpointed and rank == 0:
+                _discard_run(out, created)
+            raise
         return summary
+
+    def _saved_state(self, out: Path) -> dict[str, Any] | None:
+        """The checkpoint to continue from (None: a fresh run), after checking `resume`/`overwrite`."""
+        exists = ckpt.has_checkpoint(out)
+        if self.resume is True and not exists:
+            raise QScopeError(f"{out}: no checkpoint to resume from (the run stopped before its first one); "
+                              f"start it again with --out {out} --overwrite")
+        if self.resume is False:
+            earlier = ckpt.run_files(out)
+            if earlier and not self.overwrite:
+                names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+                raise QScopeError(f"{out}: holds an earlier run ({names}); pass --overwrite to replace it, "
+                                  f"or --resume {out} to continue it")
+            return None
+        return ckpt.load_checkpoint(out) if exists else None
 
     def _loop(self, cfg: TrainConfig, log: ckpt.MetricsLog, acc: dict, rank: int, world: int,
               elapsed0: float) -> dict[str, Any]:
@@ -447,6 +505,7 @@ class Trainer:
                 "layers": {str(layer): t.state_dict() for layer, t in self.trainers.items()},
                 "store": states, "rng": ckpt.rng_state(), "acc": {str(k): {**v, "sums": _acc_sums(v).cpu()} for k, v in acc.items()},
                 "elapsed_s": elapsed})
+            self.checkpointed = True  # from here on, a failure leaves a run that --resume continues
         _barrier(world)
 
     def _save_saes(self, cfg: TrainConfig, summary: dict, out: Path) -> None:
@@ -500,6 +559,14 @@ def evaluate_saes(saes: dict, source, max_tokens: int = 1 << 20, batch: int = 81
             out[str(layer)] = {"fvu": round(err[layer] / max(var, 1e-12), 6), "l0": round(l0[layer] / seen, 3),
                                "tokens": seen}
     return out
+
+
+def _discard_run(out: Path, created: bool) -> None:
+    """Remove what a fresh run wrote before failing (its config and metrics; the folder if it made it)."""
+    for name in ("metrics.jsonl", "config.json"):
+        (out / name).unlink(missing_ok=True)
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
 
 
 def _zero_acc() -> dict[str, Any]:

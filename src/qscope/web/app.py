@@ -4,27 +4,36 @@ Why one lock: a model (and its hooks, which steering installs on it) is shared s
 requests interleaving forwards would mix steered and plain outputs. Every model call holds
 `Gate.lock`, so concurrent requests queue and each gets exactly what it would get alone.
 Endpoints are plain `def` (FastAPI runs them in its thread pool) so waiting on the lock never
-blocks the event loop. No endpoint takes a filesystem path: stores are chosen at start-up.
+blocks the event loop. Generations (the long calls) run in a worker thread watched by the event
+loop: a client that disconnects sets a flag that generation polls after every token, so an
+abandoned request gives the model back within one token. No endpoint takes a filesystem path:
+stores are chosen at start-up. Requests another site could make are refused first (`guard`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import queue
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator
 
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..errors import QScopeError
 from . import schemas as S
+from .guard import LOCAL_HOSTS, guard
 
 STATIC = Path(__file__).parent / "static"
+
+
+class Cancelled(Exception):
+    """The client went away before its turn at the model came."""
 
 
 class Gate:
@@ -33,9 +42,37 @@ class Gate:
     def __init__(self):
         self.lock = threading.Lock()
 
-    def run(self, fn, *args, **kwargs):
-        with self.lock, torch.inference_mode():
-            return fn(*args, **kwargs)
+    def run(self, fn, *args, cancel: threading.Event | None = None, **kwargs):
+        """`fn(*args, **kwargs)` under the lock; with `cancel`, give up waiting once it is set."""
+        while not self.lock.acquire(timeout=0.05):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+        try:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            with torch.inference_mode():
+                return fn(*args, **kwargs)
+        finally:
+            self.lock.release()
+
+
+class StopWhenSet(StoppingCriteria):
+    """Ends `generate` at the next token once `event` is set (checked after every token)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+async def watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set `cancel` when the client disconnects (the body has been read: the next message is that)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancel.set()
+            return
 
 
 class Stores:
@@ -69,9 +106,10 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(lm, saes: dict, stores: dict | None = None) -> FastAPI:
+def create_app(lm, saes: dict, stores: dict | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
     """App serving `lm` with one SAE per layer (`saes`) and optional feature stores per layer
-    (`stores`: FeatureStore, a store path chosen by the operator, or None)."""
+    (`stores`: FeatureStore, a store path chosen by the operator, or None). `allowed_hosts`: the
+    Host names requests may carry (default: loopback names; '*' accepts any)."""
     if not saes:
         raise QScopeError("serve at least one SAE")
     saes = {int(layer): sae for layer, sae in saes.items()}
@@ -89,13 +127,7 @@ def create_app(lm, saes: dict, stores: dict | None = None) -> FastAPI:
                   "steer, compare. Model calls are serialised; limits are in /api/info.")
     app.state.gate, app.state.lm, app.state.saes, app.state.stores = gate, lm, saes, stores_
 
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next):
-        """Refuse oversized bodies before they are parsed (valid requests are far below the cap)."""
-        size = request.headers.get("content-length")
-        if size and (not size.isdigit() or int(size) > S.MAX_BODY):
-            return _error(413, f"request body over {S.MAX_BODY} bytes")
-        return await call_next(request)
+    guard(app, allowed_hosts or LOCAL_HOSTS)
 
     @app.exception_handler(QScopeError)
     async def _user_error(request: Request, exc: QScopeError):
@@ -255,34 +287,57 @@ def create_app(lm, saes: dict, stores: dict | None = None) -> FastAPI:
         return Steering(sae, edits, req.positions, req.layer)
 
     @app.post("/api/steer", summary="Plain and steered greedy generations (not streamed)")
-    def steer(req: S.SteerRequest):
+    async def steer(req: S.SteerRequest, request: Request):
         steering = steering_for(req)
-        kw = dict(max_new_tokens=req.max_new_tokens, chat=req.chat)
+        cancel = threading.Event()
+        kw = dict(max_new_tokens=req.max_new_tokens, chat=req.chat,
+                  stopping_criteria=StoppingCriteriaList([StopWhenSet(cancel)]))
 
         def run():
-            return lm.generate(req.prompt, **kw), lm.generate(req.prompt, steer=steering, **kw)
+            plain = lm.generate(req.prompt, **kw)
+            if cancel.is_set():
+                raise Cancelled
+            return plain, lm.generate(req.prompt, steer=steering, **kw)
 
-        plain, steered = gate.run(run)
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(None, lambda: gate.run(run, cancel=cancel))
+        watcher = asyncio.ensure_future(watch_disconnect(request, cancel))
+        try:
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if cancel.is_set():  # the client is gone; the worker stops at its next token
+            work.add_done_callback(lambda f: f.exception())
+            return _error(499, "client closed the request")
+        plain, steered = work.result()
         return {"prompt": req.prompt, "steering": steering.to_dict(), "plain": plain, "steered": steered}
 
     @app.post("/api/steer/stream", summary="Plain then steered generation as server-sent events")
-    def steer_stream(req: S.SteerRequest):
+    async def steer_stream(req: S.SteerRequest, request: Request):
         """Events (`data: {json}`): {type: token, side, text} as tokens arrive, {type: done, side, text}
         with each side's full text, then {type: end}; {type: error, detail} if generation fails."""
         steering = steering_for(req)  # bad input -> 4xx before the stream starts
-        events = _generate_events(lm, gate, req, steering)
+        events = _generate_events(lm, gate, req, steering, request)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
 
 
-def _generate_events(lm, gate: Gate, req, steering) -> Iterator[str]:
-    """Run both generations in a worker thread (holding the gate) and relay its tokens; a client
-    that goes away sets `cancel`, which stops the generation at the next token."""
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+async def _generate_events(lm, gate: Gate, req, steering, request: Request) -> AsyncIterator[str]:
+    """Run both generations in a worker thread (holding the gate) and relay its tokens. A client
+    that goes away (seen by `watch_disconnect`, or by the server cancelling this generator) sets
+    `cancel`, which stops the generation at the next token and releases the model."""
+    from transformers import TextStreamer
 
-    q: queue.Queue = queue.Queue()
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
     cancel = threading.Event()
+
+    def put(event: dict) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed (server shutting down)
+            cancel.set()
 
     class Relay(TextStreamer):
         def __init__(self, side):
@@ -291,30 +346,36 @@ def _generate_events(lm, gate: Gate, req, steering) -> Iterator[str]:
 
         def on_finalized_text(self, text: str, stream_end: bool = False):
             if text:
-                q.put({"type": "token", "side": self.side, "text": text})
-
-    class Cancelled(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+                put({"type": "token", "side": self.side, "text": text})
 
     def work():
         try:
             for side, steer in (("plain", None), ("steered", steering)):
                 text = gate.run(lm.generate, req.prompt, max_new_tokens=req.max_new_tokens, chat=req.chat, steer=steer,
-                                streamer=Relay(side), stopping_criteria=StoppingCriteriaList([Cancelled()]))
-                q.put({"type": "done", "side": side, "text": text})
+                                streamer=Relay(side), stopping_criteria=StoppingCriteriaList([StopWhenSet(cancel)]),
+                                cancel=cancel)
+                put({"type": "done", "side": side, "text": text})
                 if cancel.is_set():
                     break
-            q.put({"type": "end"})
+            put({"type": "end"})
+        except Cancelled:
+            pass
         except Exception as exc:  # reported to the client; the server keeps serving
-            q.put({"type": "error", "detail": str(exc) if isinstance(exc, QScopeError) else f"generation failed: {exc!r}"})
+            put({"type": "error", "detail": str(exc) if isinstance(exc, QScopeError) else f"generation failed: {exc!r}"})
 
     threading.Thread(target=work, daemon=True, name="qscope-generate").start()
+    watcher = asyncio.ensure_future(watch_disconnect(request, cancel))
     try:
         while True:
-            event = q.get()
+            getter = asyncio.ensure_future(events.get())
+            await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():  # disconnected
+                getter.cancel()
+                return
+            event = getter.result()
             yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
             if event["type"] in ("end", "error"):
                 return
     finally:
         cancel.set()
+        watcher.cancel()

@@ -16,15 +16,28 @@ function h(tag, attrs = {}, ...children) {
 
 function status(msg) { const s = $("#status"); s.textContent = msg || ""; s.style.display = msg ? "block" : "none"; }
 
+// Requests of the page on show: leaving it (another route, or another site) aborts them, so the
+// server stops work nobody will see (a generation gives the model back at its next token).
+const PENDING = new Set();
+function pageSignal() {
+  const ctrl = new AbortController();
+  PENDING.add(ctrl);
+  return ctrl;
+}
+function abortPending() { PENDING.forEach(c => c.abort()); PENDING.clear(); }
+window.addEventListener("pagehide", abortPending);
+const aborted = err => err && err.name === "AbortError";
+
 async function api(path, body) {
-  const opts = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  const ctrl = pageSignal();
+  const opts = { signal: ctrl.signal, ...(body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }) };
   status("working…");
   try {
     const res = await fetch(path, opts);
     const data = await res.json().catch(() => ({}));
     if (!res.ok) throw new Error(data.detail || `${res.status} ${res.statusText}`);
     return data;
-  } finally { status(""); }
+  } finally { status(""); PENDING.delete(ctrl); }
 }
 
 const fmt = (x, d = 2) => (typeof x === "number" ? x.toFixed(d) : x);
@@ -184,23 +197,28 @@ pages.steer = (view, [layer, feature]) => {
   addEdit(feature || 0);
   const plain = h("div", { class: "gen", id: "plain" }), steered = h("div", { class: "gen", id: "steered" }), msg = h("div", { id: "steer-msg" });
   const go = h("button", { id: "steer-go" }, "Generate");
+  let running = null;
+  const stop = h("button", { type: "button", id: "steer-stop", class: "secondary", disabled: "", onclick: () => running && running.abort() }, "Stop");
   view.append(h("h2", {}, "Steering playground"), h("form", { class: "card", onsubmit: async e => {
-      e.preventDefault(); msg.replaceChildren(); plain.textContent = ""; steered.textContent = ""; go.disabled = true;
+      e.preventDefault(); msg.replaceChildren(); plain.textContent = ""; steered.textContent = ""; go.disabled = true; stop.disabled = false;
       const body = { prompt: $("#st-prompt").value, layer: +$("#st-layer").value, positions: $("#st-pos").value, chat: $("#st-chat").checked,
         max_new_tokens: +$("#st-max").value, edits: [...edits.children].map(d => ({ feature: +$(".e-feature", d).value, strength: +$(".e-strength", d).value, mode: $("#st-mode").value, relative: $("#st-rel").checked })) };
-      try { await stream(body, { plain, steered }); } catch (err) { showError(msg, err); } finally { go.disabled = false; }
+      running = pageSignal();
+      try { await stream(body, { plain, steered }, running.signal); }
+      catch (err) { if (aborted(err)) msg.replaceChildren(h("p", { class: "muted" }, "stopped")); else showError(msg, err); }
+      finally { go.disabled = false; stop.disabled = true; PENDING.delete(running); running = null; }
     } },
     h("textarea", { id: "st-prompt" }, "Tell me about your weekend."),
     h("div", { class: "row" }, h("div", {}, layerSelect("st-layer", layer), " mode ", h("select", { id: "st-mode" }, h("option", { value: "add" }, "add (h + s·d)"), h("option", { value: "clamp" }, "clamp (activation = s)")),
       " ", h("label", {}, h("input", { type: "checkbox", id: "st-rel" }), " relative"), " · positions ", h("select", { id: "st-pos" }, ["all", "prompt", "generated"].map(p => h("option", {}, p))),
       " ", h("label", {}, h("input", { type: "checkbox", id: "st-chat", checked: "" }), " chat"), " · max tokens ", h("input", { type: "number", id: "st-max", min: 1, max: INFO.limits.max_new_tokens, value: 40 }))),
-    h("h3", {}, "Features"), edits, h("button", { type: "button", class: "secondary", onclick: () => addEdit() }, "+ feature"), " ", go, msg),
+    h("h3", {}, "Features"), edits, h("button", { type: "button", class: "secondary", onclick: () => addEdit() }, "+ feature"), " ", go, " ", stop, msg),
     h("div", { class: "row" }, h("div", { class: "col card" }, h("h3", {}, "Plain"), plain), h("div", { class: "col card" }, h("h3", {}, "Steered"), steered)));
 };
 
 // POST an SSE stream and append tokens to the matching box as they arrive.
-async function stream(body, boxes) {
-  const res = await fetch("/api/steer/stream", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+async function stream(body, boxes, signal) {
+  const res = await fetch("/api/steer/stream", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal });
   if (!res.ok) { const d = await res.json().catch(() => ({})); throw new Error(d.detail || res.statusText); }
   const reader = res.body.getReader(), dec = new TextDecoder();
   let buf = "";
@@ -238,8 +256,9 @@ async function route() {
   const [name, ...args] = (location.hash.replace(/^#\/?/, "") || "features").split("/");
   const page = pages[name] || pages.features;
   document.querySelectorAll("nav a").forEach(a => a.classList.toggle("active", a.dataset.page === name || (name === "feature" && a.dataset.page === "features")));
+  abortPending();
   const view = $("#view"); view.replaceChildren(); view.dataset.page = name;
-  try { await page(view, args.map(decodeURIComponent)); } catch (err) { showError(view, err); }
+  try { await page(view, args.map(decodeURIComponent)); } catch (err) { if (!aborted(err)) showError(view, err); }
 }
 
 (async () => {
