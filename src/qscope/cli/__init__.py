@@ -22,7 +22,7 @@ app = typer.Typer(
 # Each module `qscope.cli.<name>` has `register(app)` adding its commands or sub-app.
 COMMAND_MODULES = [
     "models", "data", "train", "sae_cmd", "sae_eval", "encode", "demo", "features", "steer", "evals", "classify",
-    "synth", "posttrain", "uncertainty", "compare", "serve",
+    "synth", "posttrain", "uncertainty", "compare", "plan", "serve",
 ]
 
 
