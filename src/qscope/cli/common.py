@@ -28,7 +28,8 @@ import typer  # noqa: E402
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model: 'default', an HF folder, a .gguf file or a hub id.")]
 SaeOpt = Annotated[str, typer.Option("--sae", "-s", help="SAE: 'default', a layer<n>.sae.pt, a folder or a hub repo id.")]
 LayerOpt = Annotated[Optional[int], typer.Option("--layer", "-l", help="Layer (needed when the SAE source holds several).")]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ..., or multi (layers spread over all "
+                                                     "GPUs) (default: cuda if available).")]
 DtypeOpt = Annotated[Optional[str], typer.Option(help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
@@ -48,8 +49,9 @@ def load_pair(model: str, sae: str, layer: int | None, device: str | None = None
 
     with console.status("loading model and SAE"):
         lm = load_model(model, device=device, dtype=dtype)
-        sae_ = SAE.load(sae, layer=layer, device=lm.device)
-    lm.check_sae(sae_, layer)
+        sae_ = SAE.load(sae, layer=layer, device="cpu")
+    where = lm.check_sae(sae_, layer)
+    sae_.to(lm.layer_device(where))  # its layer's device (several under --device multi)
     return lm, sae_
 
 
