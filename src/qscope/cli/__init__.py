@@ -36,7 +36,7 @@ def _options(debug: bool = typer.Option(False, "--debug", help="Print the full t
 # Each module `qscope.cli.<name>` has `register(app)` adding its commands or sub-app.
 COMMAND_MODULES = [
     "models", "data", "train", "sae_cmd", "sae_eval", "encode", "demo", "features", "steer", "evals", "classify",
-    "synth", "posttrain", "uncertainty", "compare", "serve",
+    "synth", "posttrain", "uncertainty", "compare", "plan", "serve",
 ]
 
 

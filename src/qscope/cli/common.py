@@ -43,7 +43,8 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model: 'default', 
 SaeOpt = Annotated[str, typer.Option("--sae", "-s", help="SAE: 'default', a layer<n>.sae.pt (add :k=<k> if its path "
                                                         "has no L0_<k>), a folder or a hub repo id.")]
 LayerOpt = Annotated[Optional[int], typer.Option("--layer", "-l", help="Layer (needed when the SAE source holds several).")]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ..., or multi (layers spread over all "
+                                                     "GPUs) (default: cuda if available).")]
 DtypeOpt = Annotated[Optional[str], typer.Option(help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
@@ -64,8 +65,8 @@ def load_pair(model: str, sae: str, layer: int | None, device: str | None = None
     with console.status("loading model and SAE"):
         sae_ = SAE.load(sae, layer=layer)  # first: a bad SAE fails in a second, not after a model load
         lm = load_model(model, device=device, dtype=dtype)
-        sae_ = sae_.to(lm.device)
-    lm.check_sae(sae_, layer)
+    where = lm.check_sae(sae_, layer)
+    sae_.to(lm.layer_device(where))  # its layer's device (several under --device multi)
     return lm, sae_
 
 

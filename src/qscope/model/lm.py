@@ -38,7 +38,8 @@ class Capture:
         mask = self.mask.clone()
         if skip_first:
             mask[:, 0] = False
-        return self.acts[layer][mask]
+        acts = self.acts[layer]
+        return acts[mask.to(acts.device)]  # under a device map, layers live on different GPUs
 
 
 class LM:
@@ -63,6 +64,12 @@ class LM:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def layer_device(self, layer: int) -> torch.device:
+        """Device of decoder block `layer` (differs from `device` under a multi-GPU device map):
+        where that layer's residuals appear and its SAE belongs."""
+        self.check_layers([layer])
+        return next(self.layers[layer].parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:

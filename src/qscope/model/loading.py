@@ -128,11 +128,21 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     return table[dtype]
 
 
-def load_model(name_or_path: str = "default", device: str | None = None, dtype: str | torch.dtype | None = None):
+# `--device multi`: spread the layers over every visible GPU (accelerate's device_map="auto").
+MULTI_DEVICE = "multi"
+
+
+def load_model(name_or_path: str = "default", device: str | None = None, dtype: str | torch.dtype | None = None,
+               device_map: str | dict | None = None):
     """Load a causal LM and its tokenizer as a `qscope.LM`.
 
     `name_or_path`: `default`, a local HF folder, a `.gguf` file, or a Hugging Face hub id.
+    `device_map` (e.g. "auto", or `device="multi"`): for models larger than one GPU, accelerate
+    places the layers over the devices; inputs then go to `lm.device` (the embedding's) and each
+    layer's SAE belongs on `lm.layer_device(layer)`.
     """
+    if device == MULTI_DEVICE:
+        device, device_map = None, device_map or "auto"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .lm import LM
@@ -155,13 +165,20 @@ def load_model(name_or_path: str = "default", device: str | None = None, dtype: 
             raise QScopeError(f"{source}: no such model file or folder")
         try:
             tokenizer = AutoTokenizer.from_pretrained(where)
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dt)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, **_placement(device_map))
         except OSError as exc:
             raise QScopeError(f"{source}: could not load the model ({str(exc).strip().splitlines()[0][:200]})") from None
         if path.exists():
             name = _recorded_name(path) or model.config.name_or_path or source
-    model.to(dev).eval()
+    if device_map is None or getattr(model, "hf_device_map", None) is None:
+        model.to(dev)
+    model.eval()
     return LM(model, tokenizer, name=name)
+
+
+def _placement(device_map: str | dict | None) -> dict:
+    """from_pretrained arguments for a device map (none: load on CPU, then move as a whole)."""
+    return {} if device_map is None else {"device_map": device_map}
 
 
 def _recorded_name(folder: Path) -> str | None:
