@@ -75,6 +75,50 @@ def test_prompts(kind: str, n: int) -> list[str]:
     return [f"{q} Answer in English." for q in french] if kind == "french+instruction" else french
 
 
+def _cell(value, ci=None, digits=2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
+def report(out: Path, cases: list[str]) -> str:
+    """Markdown tables of finished cases (what docs/steering.md shows)."""
+    lines = []
+    for name in cases:
+        path = out / f"{name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        lines += [f"#### {data['setup']['title']}", "",
+                  f"{data['setup']['n_prompts']} test prompts, features {data['setup']['features']}; success judged by "
+                  f"{data['setup']['detector']} (stopword detector beside it). Each cell: value [95% interval].", "",
+                  "| method | strength | edit / mean norm(h) | success | stopwords | KL neutral | perplexity | tokens |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for method, rows in data["methods"].items():
+            for row in rows[1:]:
+                lines.append(f"| {method} | {row['strength']:g} | {row['edit_norm_ratio']:.2f} | "
+                             f"{_cell(row['success'], row['success_ci'])} | {_cell(row['success_alt'])} | "
+                             f"{_cell(row['kl'], row['kl_ci'], 3)} | {_cell(row['perplexity'], row['perplexity_ci'], 1)} | "
+                             f"{row['mean_tokens']:.1f} |")
+        plain = next(iter(data["methods"].values()))[0]
+        lines.append(f"| plain | 0 | 0 | {_cell(plain['success'], plain['success_ci'])} | {_cell(plain['success_alt'])} "
+                     f"| 0 | {_cell(plain['perplexity'], plain['perplexity_ci'], 1)} | {plain['mean_tokens']:.1f} |")
+        for row in data["prompting"]:
+            lines.append(f"| prompt: \"{row['instruction']}\" | - | - | {_cell(row['success'], row['success_ci'])} | "
+                         f"{_cell(row['success_alt'])} | {_cell(row['kl'], row['kl_ci'], 3)} | "
+                         f"{_cell(row['perplexity'], row['perplexity_ci'], 1)} | {row['mean_tokens']:.1f} |")
+        lines += ["", "Best success within a KL budget on the neutral prompts:", "",
+                  "| KL budget | best | " + " | ".join(data["methods"]) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in data["methods"]) + " |"]
+        for row in data["best_at_kl"]:
+            cells = [_cell(row["by_method"][m]["success"], row["by_method"][m]["success_ci"]) if m in row["by_method"]
+                     else "-" for m in data["methods"]]
+            lines.append(f"| {row['kl_budget']} | {row['best']} | " + " | ".join(cells) + " |")
+        agree = [r["judge_agreement"] for rows in data["methods"].values() for r in rows if r["judge_agreement"] is not None]
+        lines += ["", f"Judges agree on {min(agree):.0%}-{max(agree):.0%} of answers per condition.", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=sorted(CASES), action="append", help="Run only these cases.")
@@ -85,9 +129,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="First draw of the random controls; repe's pairing.")
     ap.add_argument("--control-seeds", default="0,1,2", help="Draws of random-feature and random-direction.")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--report", action="store_true", help="Print the markdown tables of finished cases and stop.")
     ap.add_argument("--out", type=Path, default=OUT, help="Folder for results and the generation caches.")
     args = ap.parse_args()
     out = args.out
+    if args.report:
+        print(report(out, args.case or sorted(CASES)))
+        return
     control_seeds = [int(s) for s in args.control_seeds.split(",") if s.strip()]
 
     lm = load_model("default")
