@@ -7,7 +7,8 @@ For each GGUF: `load_model(path)` in a fresh process with an empty model cache (
 load: transformers dequantises the GGUF, qscope writes an fp32 HF folder keyed by the file's
 sha256), then `--repeats` more fresh processes (the second and later loads: hash the file, find
 the folder, `from_pretrained`). Each process times `load_model` alone (imports excluded; they
-are reported apart) and the sha256 of the file, which is the floor of a cached load. The cache
+are reported apart), the sha256 of the file, and then the tokenizer's and the model's
+`from_pretrained` of the cached folder on their own, to show where a cached load goes. The cache
 lives in a temporary QSCOPE_HOME, so the user's own is untouched. Writes
 bench/results/gguf_load.json.
 """
@@ -39,8 +40,18 @@ sha256_file(sys.argv[1])
 t2 = time.perf_counter()
 lm = load_model(sys.argv[1], device="cpu", dtype="auto")
 t3 = time.perf_counter()
-print("RESULT " + json.dumps({"import_s": t1 - t0, "sha256_s": t2 - t1, "load_s": t3 - t2, "name": lm.name,
-                              "class": type(lm.model).__name__, "dtype": str(lm.dtype)}))
+# the two parts of a cached load, timed again on their own (files now in the page cache)
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from qscope.model.loading import cached_gguf
+folder = cached_gguf(__import__("pathlib").Path(sys.argv[1]))
+t4 = time.perf_counter()
+AutoTokenizer.from_pretrained(folder)
+t5 = time.perf_counter()
+AutoModelForCausalLM.from_pretrained(folder, dtype=lm.dtype)
+t6 = time.perf_counter()
+print("RESULT " + json.dumps({"import_s": t1 - t0, "sha256_s": t2 - t1, "load_s": t3 - t2, "tokenizer_s": t5 - t4,
+                              "model_s": t6 - t5, "name": lm.name, "class": type(lm.model).__name__,
+                              "dtype": str(lm.dtype)}))
 """
 
 
@@ -95,13 +106,16 @@ def main() -> None:
                            "class": first["class"], "dtype": first["dtype"], "first": first, "cached": cached,
                            "cached_load_s": statistics.median(r["load_s"] for r in cached),
                            "sha256_s": statistics.median(r["sha256_s"] for r in cached),
-                           "import_s": statistics.median(r["import_s"] for r in cached)}
+                           "import_s": statistics.median(r["import_s"] for r in cached),
+                           "tokenizer_s": statistics.median(r["tokenizer_s"] for r in cached),
+                           "model_s": statistics.median(r["model_s"] for r in cached)}
     print(f"\nGGUF load via load_model (fresh process each; imports excluded), cached load = median of {args.repeats}")
     print(f"{'model':<28} {'GGUF MB':>8} {'folder MB':>10} {'first s':>8} {'cached s':>9} {'of which sha256':>16} "
-          f"{'speed-up':>9}")
+          f"{'speed-up':>9} {'tokenizer s':>12} {'model s':>8}")
     for label, r in rows.items():
         print(f"{label:<28} {r['gguf_mb']:8.0f} {r['cached_folder_mb']:10.0f} {r['first']['load_s']:8.1f} "
-              f"{r['cached_load_s']:9.2f} {r['sha256_s']:16.2f} {r['first']['load_s'] / r['cached_load_s']:8.1f}x")
+              f"{r['cached_load_s']:9.2f} {r['sha256_s']:16.2f} {r['first']['load_s'] / r['cached_load_s']:8.1f}x "
+              f"{r['tokenizer_s']:12.2f} {r['model_s']:8.2f}")
     imports = ", ".join(f"{r['import_s']:.1f} s" for r in rows.values())
     print(f"(imports, apart: {imports}; target: cached load < 10 s)")
     write_json(args.out, {"bench": "gguf_load", "machine": machine, "args": vars(args), "rows": rows})
