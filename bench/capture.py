@@ -12,13 +12,14 @@
 
 Every variant runs once per repeat, interleaved (A, B, C, A, B, C, ...) after warm-up, so
 load from other processes hits all of them alike; medians are reported (and minima in the
-JSON). Torch's default thread count is used. Writes bench/results/capture.json.
+JSON). Torch's default thread count is used. Every capture figure is also given as a share of
+the fp32 forward limit of the layers it runs, every encode figure as a share of the machine's
+fp32 matmul rate (bench/machine.py). Writes bench/results/capture.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -28,8 +29,9 @@ from typing import Callable
 import torch
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent / "src"))
+sys.path.insert(0, str(ROOT))
 
+from machine import describe, forward_limit, print_machine, share  # noqa: E402
 from qscope.io import write_json  # noqa: E402
 from qscope.metrics import SAMPLE_TEXTS  # noqa: E402
 from qscope.model import load_model  # noqa: E402
@@ -64,7 +66,7 @@ def token_batch(lm, batch: int, seq: int) -> torch.Tensor:
     return torch.tensor(ids[: batch * seq]).reshape(batch, seq)
 
 
-def bench_capture(lm, batch: int, seq: int, repeats: int, warmup: int) -> dict:
+def bench_capture(lm, batch: int, seq: int, repeats: int, warmup: int, machine: dict) -> dict:
     layer = lm.n_layers // 3
     ids = token_batch(lm, batch, seq)
     mask = torch.ones_like(ids)
@@ -84,15 +86,19 @@ def bench_capture(lm, batch: int, seq: int, repeats: int, warmup: int) -> dict:
     tokens = batch * seq
     rows = {name: {**summary(t), "tokens_per_s": tokens / statistics.median(t)} for name, t in times.items()}
     base = rows["hf_full_forward"]["median_s"]
-    for row in rows.values():
+    limits = {"hf_full_forward": forward_limit(machine, lm, seq, "float32")}
+    limits["run_to_layers"] = limits["lm.capture"] = forward_limit(machine, lm, seq, "float32", n_layers=layer + 1, head=False)
+    for name, row in rows.items():
         row["speedup_vs_full"] = base / row["median_s"]
+        row["limit_tokens_per_s"] = limits[name]
+        row["share_of_limit"] = share(row["tokens_per_s"], limits[name])
     return {"layer": layer, "n_layers": lm.n_layers, "batch": batch, "seq": seq, "tokens": tokens,
             "max_abs_diff_vs_hf": diff, "rows": rows, "target_speedup": 2.5,
             "speedup": rows["run_to_layers"]["speedup_vs_full"],
             "met": rows["run_to_layers"]["speedup_vs_full"] >= 2.5}
 
 
-def bench_encode(n: int, d_model: int, d_sae: int, k: int, repeats: int, warmup: int) -> dict:
+def bench_encode(n: int, d_model: int, d_sae: int, k: int, repeats: int, warmup: int, machine: dict) -> dict:
     sae = SAE.random(SAEConfig(d_model=d_model, d_sae=d_sae, activation="topk", k=k), seed=0)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, d_model, generator=gen)
@@ -108,6 +114,7 @@ def bench_encode(n: int, d_model: int, d_sae: int, k: int, repeats: int, warmup:
     rate = rows["matmul (x @ W_enc)"]["gflop_s"]
     for row in rows.values():
         row["fraction_of_matmul"] = row["gflop_s"] / rate
+        row["share_of_machine_fp32_matmul"] = share(row["gflop_s"], machine["matmul_gflop_s"]["float32"])
     frac = rows["sae.encode_topk"]["fraction_of_matmul"]
     return {"n": n, "d_model": d_model, "d_sae": d_sae, "k": k, "flops_per_call": flops, "rows": rows,
             "matmul_gflop_s": rate, "encode_gflop_s": rows["sae.encode_topk"]["gflop_s"],
@@ -125,15 +132,18 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "capture.json"))
     args = parser.parse_args()
 
+    machine = describe("cpu")
+    print_machine(machine)
     lm = load_model(args.model, device="cpu", dtype="float32")
-    cap = bench_capture(lm, args.batch, args.seq, args.repeats, args.warmup)
-    enc = bench_encode(args.n_acts, 576, 9216, 50, args.repeats, args.warmup)
+    cap = bench_capture(lm, args.batch, args.seq, args.repeats, args.warmup, machine)
+    enc = bench_encode(args.n_acts, 576, 9216, 50, args.repeats, args.warmup, machine)
 
     print(f"\n1. capture of layer {cap['layer']} / {cap['n_layers']} on {lm.name}, batch {args.batch} x {args.seq} "
           f"tokens, median of {args.repeats} (max |diff| vs HF hidden_states: {cap['max_abs_diff_vs_hf']:.2e})")
-    print(f"   {'variant':24s} {'median ms':>10s} {'tokens/s':>10s} {'vs full':>8s}")
+    print(f"   {'variant':24s} {'median ms':>10s} {'tokens/s':>10s} {'vs full':>8s} {'of fp32 limit':>14s}")
     for name, row in cap["rows"].items():
-        print(f"   {name:24s} {row['median_s'] * 1e3:10.1f} {row['tokens_per_s']:10.0f} {row['speedup_vs_full']:7.2f}x")
+        print(f"   {name:24s} {row['median_s'] * 1e3:10.1f} {row['tokens_per_s']:10.0f} {row['speedup_vs_full']:7.2f}x "
+              f"{row['share_of_limit']:13.0%}")
     print(f"   target >= 2.5x: {'met' if cap['met'] else 'MISSED'} ({cap['speedup']:.2f}x)")
 
     print(f"\n2. TopK SAE encode, {enc['n']} x {enc['d_model']} -> {enc['d_sae']}, k={enc['k']}, "
@@ -141,11 +151,11 @@ def main() -> None:
     print(f"   {'variant':24s} {'median ms':>10s} {'GFLOP/s':>10s} {'of matmul':>10s}")
     for name, row in enc["rows"].items():
         print(f"   {name:24s} {row['median_s'] * 1e3:10.1f} {row['gflop_s']:10.1f} {row['fraction_of_matmul']:9.0%}")
+    print(f"   (the machine's fp32 matmul rate, measured before: {machine['matmul_gflop_s']['float32']:.0f} GFLOP/s)")
     print(f"   target >= 70%: {'met' if enc['met'] else 'MISSED'} ({enc['fraction']:.0%})")
 
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version()},
+        "machine": machine,
         "args": vars(args), "capture": cap, "encode": enc,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -12,23 +12,22 @@ every variant generates exactly batch x tokens new tokens):
   target overhead <= 2%.
 Each repeat runs every variant once, interleaved (plain, add, clamp, gated, plain, ...), after a
 warm-up round, so load from other processes hits all alike; medians are reported (minima in the
-JSON). Writes bench/results/steer_speed.json.
+JSON). Tokens/s are also given as a share of the forward limit (bench/machine.py): generation
+runs one small matmul per step, so it stays far below it. Writes bench/results/steer_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent / "src"))
+sys.path.insert(0, str(ROOT))
 
+from machine import describe, forward_limit, print_machine, share  # noqa: E402
 from qscope.io import write_json
 from qscope.model import load_model
 from qscope.sae import SAE
@@ -44,10 +43,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--feature", type=int, default=100)
+    ap.add_argument("--dtype", default="auto", help="the LM's dtype (auto, float32, bfloat16)")
     ap.add_argument("--out", default=str(ROOT / "results" / "steer_speed.json"))
     args = ap.parse_args()
 
-    lm = load_model("default")
+    machine = describe("cpu")
+    print_machine(machine)
+    lm = load_model("default", dtype=args.dtype)
     sae = SAE.load("default", layer=args.layer, device=lm.device)
     prompts = (NEUTRAL_PROMPTS * (args.batch // len(NEUTRAL_PROMPTS) + 1))[:args.batch]
     f = args.feature
@@ -70,16 +72,18 @@ def main() -> None:
 
     n_tokens = args.batch * args.tokens
     base = statistics.median(times["plain"])
+    limit = forward_limit(machine, lm, args.tokens, lm.dtype)
     rows = {}
-    print(f"{'variant':<10} {'median s':>9} {'tokens/s':>9} {'vs plain':>9}")
+    print(f"LM in {lm.dtype}; forward limit {limit:.0f} tokens/s")
+    print(f"{'variant':<10} {'median s':>9} {'tokens/s':>9} {'vs plain':>9} {'of limit':>9}")
     for name, ts in times.items():
         med = statistics.median(ts)
         rows[name] = {"median_s": med, "min_s": min(ts), "tokens_per_s": n_tokens / med, "overhead": med / base - 1,
-                      "times_s": [round(t, 4) for t in ts]}
-        print(f"{name:<10} {med:9.3f} {n_tokens / med:9.1f} {med / base - 1:+9.1%}")
+                      "share_of_limit": share(n_tokens / med, limit), "times_s": [round(t, 4) for t in ts]}
+        print(f"{name:<10} {med:9.3f} {n_tokens / med:9.1f} {med / base - 1:+9.1%} {share(n_tokens / med, limit):9.1%}")
     write_json(args.out, {"model": lm.name, "layer": args.layer, "d_sae": sae.cfg.d_sae, "batch": args.batch,
-                          "new_tokens": args.tokens, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
-                          "machine": platform.platform(), "variants": rows})
+                          "new_tokens": args.tokens, "repeats": args.repeats, "dtype": str(lm.dtype),
+                          "forward_limit_tokens_per_s": limit, "machine": machine, "variants": rows})
     print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -20,6 +20,10 @@ How each trainer is driven (none is given an LM):
   (b_dec = first-batch mean, unit-norm decoder, parallel-gradient removal, Adam with its lr
   rule and linear warm-up schedule, dead-latent counters, AuxK with auxk_alpha = 1/32).
 
+Each trainer's tokens/s is also given as a share of the encode limit: the machine's measured
+fp32 (and bf16) matmul rate (bench/machine.py) divided by one dense encode matmul per token,
+2 x d_model x d_sae multiply-adds.
+
 Usage: python bench/train_speed.py [--tokens 400k] [--trainers qscope,sparsify,saelens,qscope-e2e]
        [--device cuda] [--synthetic] [--out FILE]
 Writes bench/results/train_speed.json (or FILE).
@@ -69,7 +73,7 @@ def ensure_cache(folder: Path, tokens: int, synthetic: bool) -> tuple[Path, dict
             from qscope.data import training_mix
             from qscope.model import load_model
 
-            lm = load_model("default")
+            lm = load_model("default", dtype="float32")  # the published numbers use fp32 residuals
             print(f"building the activation cache in {folder} (once)...", file=sys.stderr)
             return folder, build_cache(lm, [LAYER], lambda: training_mix(seed=0), folder, total_tokens=tokens,
                                        ctx_len=256, lm_batch=16, shard_tokens=16384, data="mix")
@@ -400,6 +404,12 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import describe, print_machine, share
+
+    machine = describe(args.device)
+    print_machine(machine)
+    limits = {name: rate * 1e9 / (2 * D_MODEL * D_SAE) for name, rate in machine["matmul_gflop_s"].items()}
     folder, meta = ensure_cache(cache_dir(), parse_count(args.cache_tokens), args.synthetic)
     train_shards, _ = split(meta)
     train_tokens = sum(s["tokens"] for s in meta["shards"] if s["file"] in train_shards)
@@ -435,6 +445,8 @@ def main() -> None:
         if base and "error" not in r:
             r["qscope_speedup_vs_this"] = round(base["tokens_per_s"] / r["tokens_per_s"], 2)
             r["qscope_speedup_vs_this_cpu_time"] = round(base["tokens_per_cpu_s"] / r["tokens_per_cpu_s"], 2)
+        if "error" not in r:
+            r["share_of_encode_limit"] = {name: share(r["tokens_per_s"], limit) for name, limit in limits.items()}
     report = {"bench": "train_speed", "data": {"cache": str(folder), "model": meta.get("model"), "layer": LAYER,
                                                 "train_tokens": train_tokens,
                                                 "heldout_tokens": meta["tokens"] - train_tokens},
@@ -443,25 +455,29 @@ def main() -> None:
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
                           "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-                          "load_average": os.getloadavg(), "trainers_run_in_parallel": args.parallel},
+                          "load_average": os.getloadavg(), "trainers_run_in_parallel": args.parallel,
+                          **machine, "encode_limit_tokens_per_s": limits},
               "results": rows}
     target = Path(args.out) if args.out else RESULTS
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(report, indent=2) + "\n")
     print_table(rows)
+    print(f"encode limit (one dense {D_MODEL} x {D_SAE} matmul per token): "
+          + ", ".join(f"{name} {limit:,.0f} tokens/s" for name, limit in limits.items()))
     print(f"\nwritten {target}")
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'trainer':<12} {'tok/s':>9} {'qscope x':>9} {'tok/cpu-s':>10} {'qscope x':>9} {'+mem MB':>8} "
-            f"{'FVU':>8} {'L0':>6}  how")
+    head = (f"{'trainer':<12} {'tok/s':>9} {'of fp32 lim':>11} {'qscope x':>9} {'tok/cpu-s':>10} {'qscope x':>9} "
+            f"{'+mem MB':>8} {'FVU':>8} {'L0':>6}  how")
     print(head)
     print("-" * len(head))
     for r in rows:
         if "error" in r:
             print(f"{r['trainer']:<12} failed: {r['error']}")
             continue
-        print(f"{r['trainer']:<12} {r['tokens_per_s']:>9.0f} {r.get('qscope_speedup_vs_this', float('nan')):>9.2f} "
+        print(f"{r['trainer']:<12} {r['tokens_per_s']:>9.0f} {r['share_of_encode_limit']['float32']:>11.0%} "
+              f"{r.get('qscope_speedup_vs_this', float('nan')):>9.2f} "
               f"{r['tokens_per_cpu_s']:>10.0f} {r.get('qscope_speedup_vs_this_cpu_time', float('nan')):>9.2f} "
               f"{r['peak_mem_growth_mb']:>8.0f} {r['heldout_fvu']:>8.4f} {r['heldout_l0']:>6.1f}  {r['how']}")
 

@@ -53,7 +53,7 @@ def run_variant(args, variant, seed, sae, top, strength, train_ps, eval_ps, held
     """One GRPO run (LoRA on the default model) with periodic greedy repetition evals."""
     t1 = time.time()
     torch.manual_seed(seed)
-    lm = load_model("default")
+    lm = load_model("default", dtype="float32")
     add_lora(lm, r=8, alpha=16)
     steer = Steering.add(sae, {f: strength for f in top}) if variant == "sae_guided" else None
     cfg = GRPOConfig(group_size=args.group, prompts_per_step=args.per_step, max_new_tokens=args.tokens, lr=args.lr, kl_coef=0.04,
@@ -107,7 +107,7 @@ def main():
     if feat_path.exists():
         feats = json.loads(feat_path.read_text())
     else:
-        lm = load_model("default")
+        lm = load_model("default", dtype="float32")
         texts = repetitive_corpus(brown[:300], n=120, seed=0)
         res = repetition_features(lm, sae, texts, top=10, max_length=96)
         top = res.ids[:3]
@@ -129,7 +129,7 @@ def main():
                 results[variant] = run_variant(args, variant, seed, sae, top, strength, train_ps, eval_ps, held_ppl)
                 write_json(results_path, results)
         runs[seed] = results
-    base_lm = load_model("default")
+    base_lm = load_model("default", dtype="float32")
     base_ppl = text_perplexity(base_lm, held_ppl)
     finals = {v: [runs[sd][v]["final_greedy_repetition"] for sd in seeds] for v in ("vanilla", "sae_guided")}
     ppls = {v: [runs[sd][v]["heldout_ppl_en"] for sd in seeds] for v in ("vanilla", "sae_guided")}

@@ -104,7 +104,7 @@ def main():
     if feat_path.exists():
         feats = json.loads(feat_path.read_text())
     else:
-        lm = load_model("default")
+        lm = load_model("default", dtype="float32")
         pull_corpus("multilingual")
         other = texts_by_language("multilingual", limit=8)
         by_lang = {"zh": zh_docs[:40], "en": brown[-60:][:40], **{code: other[code] for code in ("fr", "de", "es", "ru", "ja", "ko")}}
@@ -128,7 +128,7 @@ def main():
             print("cached", method, results[method]["code_switch_ratio"], flush=True)
             continue
         t1 = time.time()
-        lm = load_model("default")
+        lm = load_model("default", dtype="float32")
         torch.manual_seed(0)
         losses = []
         if method != "base":

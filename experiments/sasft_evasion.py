@@ -65,10 +65,10 @@ def main() -> None:
         zh = chinese_parts(run / f"responses_{arm}.json", args.max_texts)
         if not zh:
             continue
-        lm = load_model(str(models))
+        lm = load_model(str(models), dtype="float32")
         result["arms"][arm] = {"n_texts": len(zh), "layers": feature_use(lm, saes, feats, zh)}
         print(arm, json.dumps(result["arms"][arm]["layers"]), file=sys.stderr, flush=True)
-    base = load_model("default")  # the untuned model reading the sft arm's Chinese, for reference
+    base = load_model("default", dtype="float32")  # the untuned model reading the sft arm's Chinese, for reference
     zh = chinese_parts(run / "responses_sft.json", args.max_texts)
     result["base_on_sft_text"] = {"n_texts": len(zh), "layers": feature_use(base, saes, feats, zh)}
     write_json(args.out or ROOT / f"docs/posttrain/{run.name}_evasion.json", result, provenance=record())

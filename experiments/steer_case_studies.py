@@ -196,7 +196,7 @@ def main() -> None:
     args = ap.parse_args()
     parts = args.only or ["a", "b", "gated", "natural", "c"]
 
-    lm = load_model("default")
+    lm = load_model("default", dtype="float32")
     sae = SAE.load("default", layer=args.layer, device=lm.device)
     cache = JsonCache(OUT / "generations.json")
     feats = find_features(lm, sae, args.layer, args.n_features)["chosen"]

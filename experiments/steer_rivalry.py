@@ -102,7 +102,7 @@ def main() -> None:
     args = ap.parse_args()
     from scipy import stats
 
-    lm = load_model("default")
+    lm = load_model("default", dtype="float32")  # the published numbers are fp32 (see docs/benchmarks.md)
     sae = SAE.load("default", layer=args.layer, device=lm.device)
     for name in ("brown", "nlp-corpus"):
         pull_corpus(name)

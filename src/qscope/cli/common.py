@@ -45,7 +45,9 @@ SaeOpt = Annotated[str, typer.Option("--sae", "-s", help="SAE: 'default', a laye
 LayerOpt = Annotated[Optional[int], typer.Option("--layer", "-l", help="Layer (needed when the SAE source holds several).")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ..., or multi (layers spread over all "
                                                      "GPUs) (default: cuda if available).")]
-DtypeOpt = Annotated[Optional[str], typer.Option(help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")]
+DtypeOpt = Annotated[Optional[str], typer.Option(
+    help="The LM's dtype: auto (default: bf16 on GPUs and on CPUs with AMX or AVX512-BF16, else fp32; "
+         "see `qscope models list`), float32, bfloat16.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 

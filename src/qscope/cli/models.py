@@ -1,4 +1,4 @@
-"""`qscope models`: fetch the default model, convert GGUF files, list what is cached."""
+"""`qscope models`: fetch the default model, convert GGUF files, list and remove what is cached."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def register(root: typer.Typer) -> None:
 @app.command("pull")
 def pull(
     name: str = typer.Argument("default", help="'default', or a .gguf file to convert to an HF folder."),
-    out: Path = typer.Option(None, help="Target folder for a converted GGUF (default: QSCOPE_HOME/models/<stem>)."),
+    out: Path = typer.Option(None, help="Target folder for a converted GGUF (default: the cache that loading it uses, "
+                                        "QSCOPE_HOME/models/<stem>-<sha256 prefix>)."),
     force: bool = typer.Option(False, help="Convert again even if the folder exists."),
     json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
@@ -28,7 +29,7 @@ def pull(
 
     Example: qscope models pull default
     """
-    from ..model.loading import convert_gguf, models_dir, pull_default
+    from ..model.loading import cached_gguf, convert_gguf, pull_default
 
     with console.status(f"preparing {name} (first time: ~20 s)"):
         if name == "default":
@@ -37,9 +38,12 @@ def pull(
             gguf = Path(name).expanduser()
             if not gguf.is_file() or gguf.suffix != ".gguf":
                 raise QScopeError(f"{name}: expected 'default' or an existing .gguf file")
-            folder = out or models_dir() / gguf.stem.lower()
-            if force or not (folder / "config.json").is_file():
-                convert_gguf(gguf, folder)
+            if out is None:
+                folder = cached_gguf(gguf, force=force)
+            else:
+                folder = out
+                if force or not (folder / "config.json").is_file():
+                    convert_gguf(gguf, folder)
     if json:
         emit_json({"name": name, "path": str(folder)})
     else:
@@ -48,7 +52,8 @@ def pull(
 
 @app.command("list")
 def list_(json: bool = typer.Option(False, "--json", help="Print as JSON on stdout.")) -> None:
-    """Show the models converted under QSCOPE_HOME.
+    """Show the models converted under QSCOPE_HOME (the default model and cached GGUF conversions),
+    with the dtype `--dtype auto` loads them in on this machine.
 
     Example: qscope models list --json
     """
@@ -58,7 +63,30 @@ def list_(json: bool = typer.Option(False, "--json", help="Print as JSON on stdo
     if json:
         emit_json(rows)
         return
-    table = Table("name", "path", "size (MB)")
+    if not rows:
+        console.print("no models yet: run `qscope models pull default`")
+        return
+    table = Table("name", "folder", "size (MB)", "from GGUF (sha256)", "auto dtype",
+                  caption=f"auto dtype here: {rows[0]['dtype']} ({rows[0]['dtype_why']})")
     for row in rows:
-        table.add_row(row["name"], row["path"], str(row["size_mb"]))
-    console.print(table if rows else "no models yet: run `qscope models pull default`")
+        origin = f"{Path(row['gguf']).name} ({row['sha256'][:12]})" if row["gguf"] else "-"
+        table.add_row(row["name"], row["path"], str(row["size_mb"]), origin, row["dtype"])
+    console.print(table)
+
+
+@app.command("rm")
+def rm(
+    name: str = typer.Argument(..., help="A cached model: its name, folder name or path (see `qscope models list`)."),
+    json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Remove one cached model folder (a GGUF conversion is redone on its next load).
+
+    Example: qscope models rm gemma-3-270m-q4_k_m-a5fd3b62230a
+    """
+    from ..model.loading import remove_model
+
+    folder = remove_model(name)
+    if json:
+        emit_json({"removed": str(folder)})
+    else:
+        console.print(f"[green]removed:[/] {folder}")

@@ -187,7 +187,7 @@ def sasft_cmd(
         raise QScopeError(f"{features}: expected the JSON of `qscope posttrain features language --out` "
                           "({\"layers\": {layer: {\"features\": [...], \"alphas\": [...]}}})") from None
     with console.status("loading model"):
-        lm = load_model(model)
+        lm = load_model(model, dtype="float32")  # trained: bf16 weights round small AdamW steps away
     layers = [int(k) for k in spec]
     saes = {l: SAE.load(sae, layer=l) for l in layers}
     penalty = SASFTPenalty(lm, saes, {l: spec[str(l)]["features"] for l in layers},
@@ -245,7 +245,7 @@ def grpo_cmd(
 
     ps = read_texts(prompts, 10_000)
     with console.status("loading model"):
-        lm = load_model(model)
+        lm = load_model(model, dtype="float32")  # trained: fp32, as in sasft
     steer = None
     if features:
         sae_ = SAE.load(sae, layer=layer)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import QScopeError
-from .common import console, emit_json
+from .common import DtypeOpt, console, emit_json
 
 HELD_OUT = "held-out"
 
@@ -62,6 +62,7 @@ def _table(res: dict) -> Table:
     rows = [
         ("SAE", res["sae"]),
         ("data", f"{res['data']} ({res['n_texts']} texts)"),
+        ("LM dtype", res["dtype"]),
         ("tokens counted", f"{res['n_tokens']} of {res['n_tokens_real']} real"
          + (f" (position 0 excluded: {res['n_skipped_first']})" if res["n_skipped_first"] else "")
          + (f", {res['n_filtered']} over {res['norm_mult']}x median norm dropped" if res["norm_mult"] else "")),
@@ -97,6 +98,7 @@ def eval_(
                                     help="Drop tokens with residual norm > this x the median from the statistics."),
     include_first: bool = typer.Option(False, "--include-first", help="Count position 0 too (and splice it)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda if available)."),
+    dtype: DtypeOpt = None,
     json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     out: Path = typer.Option(None, "--out", "-o", help="Also write the result to this JSON file."),
 ) -> None:
@@ -116,13 +118,13 @@ def eval_(
     texts, where = read_texts(data, n_texts)
     if not texts:
         raise QScopeError(f"--data {data}: no texts")
-    lm = load_model(model, device=device)
+    lm = load_model(model, device=device, dtype=dtype)
     sae = SAE.load(sae_source, layer=layer, device=lm.device)
     if sae.cfg.model_name and sae.cfg.model_name not in (lm.name, model):
         console.print(f"[yellow]note:[/] the SAE was made for {sae.cfg.model_name}, the model is {lm.name}")
     res = evaluate_sae(lm, sae, texts, layer=layer, max_length=max_length, batch_size=batch_size,
                        skip_first=not include_first, norm_mult=norm_mult, progress=True)
-    result = {"source": sae_source, "data": where, **res.to_dict()}
+    result = {"source": sae_source, "data": where, "dtype": str(lm.dtype).removeprefix("torch."), **res.to_dict()}
     if out is not None:
         write_json(out, result, provenance=record())
     if json:

