@@ -25,10 +25,11 @@ import torch
 
 from qscope import load_model
 from qscope.data import iter_texts
-from qscope.io import write_json
+from qscope.io import save_png, write_json
 from qscope.metrics import text_perplexity
 from qscope.posttrain import GRPOConfig, add_lora, causal_check, repetition_features, repetitive_corpus, train_grpo
 from qscope.posttrain.repetition import mean_repetition_ratio
+from qscope.provenance import record
 from qscope.sae import SAE
 from qscope.steer import Steering
 
@@ -141,13 +142,14 @@ def main():
                                   for v, r in runs[sd].items()} for sd in seeds},
                "train_curves": {str(sd): {v: [{k: h[k] for k in ("step", "reward", "repetition", "repetition_steered", "kl")}
                                               for h in r["history"]] for v, r in runs[sd].items()} for sd in seeds}}
-    write_json(ROOT / f"docs/posttrain/{args.docs_name}.json", summary)
-    plot(runs, ROOT / f"docs/posttrain/{args.docs_name}.png")
+    prov = record(seeds={"runs": seeds, "repetitive_corpus": 0})
+    write_json(ROOT / f"docs/posttrain/{args.docs_name}.json", summary, provenance=prov)
+    plot(runs, ROOT / f"docs/posttrain/{args.docs_name}.png", prov)
     print(json.dumps(summary["final_greedy_repetition"]), flush=True)
     print("total", f"{time.time() - t0:.0f}s")
 
 
-def plot(runs, path):
+def plot(runs, path, prov=None):
     """Left: unsteered rollout repetition during training (5-step mean); right: held-out greedy
     repetition at each eval; one line per seed, colour per variant."""
     import matplotlib
@@ -170,7 +172,7 @@ def plot(runs, path):
     for a in axes:
         a.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path, dpi=120, provenance=prov)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from qscope.metrics import text_perplexity
 from qscope.language import contains_language
 from qscope.posttrain import (SASFTPenalty, add_lora, build_sft_batch, estimate_alphas, monolinguality, script_token_ids,
                               sft_step)
+from qscope.provenance import record
 from qscope.sae import SAE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +177,8 @@ def main():
         summary["relative_reduction_vs_sft"] = {m: (1 - r["code_switch_ratio"] / base) if base else None
                                                 for m, r in results.items() if m not in ("sft", "base")}
         summary["fisher_p_vs_sft"] = {m: fisher_p(results["sft"], r) for m, r in results.items() if m != "sft"}
-    write_json(ROOT / f"docs/posttrain/{args.docs_name}.json", summary)
+    write_json(ROOT / f"docs/posttrain/{args.docs_name}.json", summary,
+               provenance=record(seeds={"data": 0, "init": 0, "batches": 1, "sampling": 123}))
     print(json.dumps({m: (r["code_switch_ratio"], round(r["heldout_ppl_en"], 2)) for m, r in results.items()}), flush=True)
     print(f"total {time.time() - t0:.0f}s")
 

@@ -22,6 +22,7 @@ import torch
 from qscope import load_model
 from qscope.io import write_json
 from qscope.language import SCRIPT_PATTERNS
+from qscope.provenance import record
 from qscope.sae import SAE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def main() -> None:
     base = load_model("default")  # the untuned model reading the sft arm's Chinese, for reference
     zh = chinese_parts(run / "responses_sft.json", args.max_texts)
     result["base_on_sft_text"] = {"n_texts": len(zh), "layers": feature_use(base, saes, feats, zh)}
-    write_json(args.out or ROOT / f"docs/posttrain/{run.name}_evasion.json", result)
+    write_json(args.out or ROOT / f"docs/posttrain/{run.name}_evasion.json", result, provenance=record())
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from qscope.features.search import contrast
 from qscope.io import write_json
 from qscope.language import detect_language, language_detector
 from qscope.model import load_model
+from qscope.provenance import record
 from qscope.sae import SAE
 from qscope.steer import FeatureEdit, Steering
 from qscope.steer.evaluate import evaluate_steering
@@ -120,10 +121,11 @@ class JsonCache(dict):
     def __init__(self, path: Path):
         self.path = path
         super().__init__(json.loads(path.read_text()) if path.exists() else {})
+        self.pop("provenance", None)
 
     def __setitem__(self, key, value):
         super().__setitem__(key, value)
-        write_json(self.path, dict(self))
+        write_json(self.path, dict(self), provenance=record())
 
 
 def corpus_texts(name: str, lang: str | None = None, n: int = 48, max_chars: int = 600) -> list[str]:
@@ -143,7 +145,7 @@ def find_features(lm, sae, layer: int, n: int, language: str = "french") -> dict
     found = contrast(lm, sae, pos, neg, layer=layer, top=10, max_length=128)
     result = {"layer": layer, "n_fr": len(fr), "n_en": len(en), "top": found.to_dict()["features"],
               "chosen": found.ids[:n]}
-    write_json(path, result)
+    write_json(path, result, provenance=record())
     return result
 
 
@@ -152,7 +154,7 @@ def run_case(name, lm, factory, prompts, strengths, detector, baseline, cache, t
     result = evaluate_steering(lm, factory, prompts, strengths, detector=detector, baseline_prompt=baseline,
                                sae=sae, max_new_tokens=tokens, batch_size=50, cache=cache,
                                progress=lambda k: print(f"  +{k} generated", file=sys.stderr, flush=True))
-    write_json(OUT / f"{name}.json", result.to_dict())
+    write_json(OUT / f"{name}.json", result.to_dict(), provenance=record())
     result.plot(OUT / f"{name}.png")
     for row in result.table():
         print(f"  {row['label']:<12} success={row['success']:.2f} ppl={row['perplexity']:.1f} kl={row['kl']:.4f}",
@@ -180,7 +182,7 @@ def natural_slips(lm, n: int, cache: dict, tokens: int = 24) -> dict:
         out[name] = {"n": len(prompts), "prompt_language": lang, "answer_languages": dict(langs.most_common()),
                      "share_in_prompt_language": langs[lang] / len(prompts), "slips": slipped[:20]}
         print(f"[natural] {name}: {dict(langs.most_common())}", file=sys.stderr, flush=True)
-    write_json(OUT / "natural_slips.json", out)
+    write_json(OUT / "natural_slips.json", out, provenance=record(seeds={"question_sample": 0}))
     return {k: {kk: v[kk] for kk in ("n", "answer_languages", "share_in_prompt_language")} for k, v in out.items()}
 
 
@@ -223,7 +225,7 @@ def main() -> None:
             "c_natural_slip", lm, lambda s: Steering(sae, [FeatureEdit(f, s, "add") for f in en_feats]),
             FRENCH_QUESTIONS, [0, -10, -20], language_detector("fr"), "Réponds en français.", cache, args.tokens, sae)
     old = json.loads((OUT / "summary.json").read_text()) if (OUT / "summary.json").exists() else {}
-    write_json(OUT / "summary.json", {**old, **summary})
+    write_json(OUT / "summary.json", {**old, **summary}, provenance=record())
 
 
 if __name__ == "__main__":

@@ -48,19 +48,28 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
+def write_json(path: str | os.PathLike, obj: Any, provenance: dict | None = None) -> None:
+    """Write `obj` as indented JSON, atomically; a published result passes `provenance=provenance.record(...)`,
+    stored under the object's "provenance" key (so `obj` must then be a dict)."""
+    if provenance is not None:
+        if not isinstance(obj, dict):
+            raise TypeError(f"provenance needs a JSON object to live in, got {type(obj).__name__}")
+        obj = {**obj, "provenance": provenance}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def save_png(fig, path: str | os.PathLike, dpi: int = 120, **savefig: Any) -> Path:
-    """Write a matplotlib figure as PNG, atomically, and close it (figures are not freed otherwise)."""
+def save_png(fig, path: str | os.PathLike, dpi: int = 120, provenance: dict | None = None, **savefig: Any) -> Path:
+    """Write a matplotlib figure as PNG, atomically, and close it (figures are not freed otherwise).
+    The PNG carries its provenance (`provenance.record()` of this process unless given) in a text chunk."""
     import matplotlib.pyplot as plt
 
+    from .provenance import png_metadata, record
+
     path = Path(path)
+    metadata = {**png_metadata(provenance or record()), **savefig.pop("metadata", {})}
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, **savefig)
+        fig.savefig(tmp, format="png", dpi=dpi, metadata=metadata, **savefig)
     plt.close(fig)
     return path
 

@@ -250,12 +250,14 @@ def eval_cmd(
     from ..datatools.classify import evaluate_task, plot_efficiency
     from ..datatools.labelled import TASKS
     from ..io import write_json
+    from ..provenance import record
 
     names = list(task or []) if not (pos or neg) else [None]
     names = names or list(TASKS)
     k_list = int_list(ks, "--ks")
     lm, saes = load_model_and_saes(model, sae, int_list(layers, "--layers"), device)
     cache = _cache(lm, saes, cache_dir, max_length, keep_residuals)
+    prov = record(seeds={"split": seed, "subsample": list(range(seeds))})
     reports = []
     for name in names:
         t = _task(name, pos, neg, n_discovery, n_test, seed)
@@ -269,7 +271,7 @@ def eval_cmd(
                 encoded=lambda n: bar.advance(job, n),
                 progress=lambda what: bar.update(job, description=f"{t.name}: {what}"),
             )
-        write_json(out / f"{t.name}.json", dict(rep.to_dict(), data=t.to_dict()))
+        write_json(out / f"{t.name}.json", dict(rep.to_dict(), data=t.to_dict()), provenance=prov)
         reports.append(rep)
         if not json:
             _print_report(rep)
@@ -282,8 +284,8 @@ def eval_cmd(
         }
         for r in reports
     }
-    write_json(out / "summary.json", summary)
-    plot_efficiency(reports, out / "efficiency.png")
+    write_json(out / "summary.json", summary, provenance=prov)
+    plot_efficiency(reports, out / "efficiency.png", provenance=prov)
     if json:
         emit_json(summary)
     else:

@@ -53,6 +53,7 @@ def compare_cmd(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..compare import compare_saes, summary_rows, write_report
+    from ..provenance import record
     from ..sae import SAE
 
     with console.status("loading SAEs"):
@@ -80,7 +81,7 @@ def compare_cmd(
         result = compare_saes(sae_a, sae_b, lm, text_list, layers=layers, names=(a, b), method=method,
                               max_tokens=max_tokens, min_fires=min_fires, examples=examples, progress=progress)
     if out is not None:
-        paths = write_report(result, out, name=name, per_feature=per_feature)
+        paths = write_report(result, out, name=name, per_feature=per_feature, provenance=record())
         console.print("wrote " + ", ".join(str(p) for p in paths))
     if json:
         emit_json(result.to_dict(per_feature=per_feature))

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import QScopeError
+from ..provenance import record
 from .common import (DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_pair,
                      progress_bar)
 
@@ -257,7 +258,7 @@ def redundancy_cmd(
         if len([b for b in r_hat if b in r]) >= 3:
             result["agreement"] = spearman_agreement(r_hat, r)
     if _out(out):
-        write_result(out / "redundancy.json", result)
+        write_result(out / "redundancy.json", result, provenance=record(seeds=seed))
         coverage_plot(curves, out / "coverage.png", title=f"feature coverage, layer {fps[0].layer}, {_each(n)}")
         if perf:
             tau_plot(perf, out / "tau.png")
@@ -340,7 +341,7 @@ def overlap_cmd(
                       "overlap_min": round(res.get(a, b, "overlap_min"), 4)})
     result["pairs"] = pairs
     if _out(out):
-        write_result(out / "overlap.json", result)
+        write_result(out / "overlap.json", result, provenance=record(seeds=seed))
         overlap_heatmap(res, out / "overlap.png", title=f"|F(A) ∩ F(B)| / |F(A)|, layer {fps[0].layer}, {_each(n)}")
         overlap_heatmap(res, out / "overlap_min.png", kind="overlap_min")
         console.print(f"wrote {out / 'overlap.json'}, overlap.png, overlap_min.png")
@@ -391,7 +392,7 @@ def rank_cmd(
     result = {"items_per_benchmark": n, "suite": suite_names, "ranking": [r.to_dict() for r in ranking],
               "unique_features": {k: v.to_dict() for k, v in uniq.items()}}
     if _out(out):
-        write_result(out / "rank.json", result)
+        write_result(out / "rank.json", result, provenance=record(seeds=seed))
         console.print(f"wrote {out / 'rank.json'}")
     if json:
         emit_json(result)
@@ -447,7 +448,7 @@ def accuracy_cmd(
             bar.remove_task(task)
             if _out(out):
                 slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in lm.name)
-                write_result(out / slug / f"{name}.json", results[-1])
+                write_result(out / slug / f"{name}.json", results[-1], provenance=record(seeds=seed))
     if json:
         emit_json([r.to_dict(items=False) for r in results])
         return

@@ -74,8 +74,9 @@ def language_cmd(
                       f"alpha={[round(a, 3) for a in alphas.tolist()]}")
     if out:
         from ..io import write_json
+        from ..provenance import record
 
-        write_json(out, result)
+        write_json(out, result, provenance=record())
         console.print(f"wrote {out}")
     if json:
         emit_json(result)
@@ -125,8 +126,9 @@ def repetition_cmd(
         console.print(f"repetition ratio at strengths {cc.strengths}: {[round(r, 3) for r in cc.repetition]}")
     if out:
         from ..io import write_json
+        from ..provenance import record
 
-        write_json(out, result)
+        write_json(out, result, provenance=record())
     if json:
         emit_json(result)
 

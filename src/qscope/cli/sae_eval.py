@@ -110,6 +110,7 @@ def eval_(
     from ..io import write_json
     from ..metrics import evaluate_sae
     from ..model import load_model
+    from ..provenance import record
     from ..sae import SAE
 
     texts, where = read_texts(data, n_texts)
@@ -123,7 +124,7 @@ def eval_(
                        skip_first=not include_first, norm_mult=norm_mult, progress=True)
     result = {"source": sae_source, "data": where, **res.to_dict()}
     if out is not None:
-        write_json(out, result)
+        write_json(out, result, provenance=record())
     if json:
         emit_json(result)
     else:

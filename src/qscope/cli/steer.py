@@ -144,6 +144,7 @@ def eval_(
     from pathlib import Path
 
     from ..io import write_json
+    from ..provenance import record
     from ..steer import Steering
     from ..steer.evaluate import NEUTRAL_PROMPTS, evaluate_steering, n_generations
 
@@ -165,7 +166,7 @@ def eval_(
                                    batch_size=batch_size, progress=lambda n: bar.advance(job, n))
     if out:
         folder = Path(out)
-        write_json(folder / "steer_eval.json", result.to_dict())
+        write_json(folder / "steer_eval.json", result.to_dict(), provenance=record())
         result.plot(folder / "steer_eval.png")
         console.print(f"wrote {folder / 'steer_eval.json'} and {folder / 'steer_eval.png'}")
     if json:

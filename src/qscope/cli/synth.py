@@ -80,6 +80,7 @@ def coverage_cmd(
     """
     from ..datatools.synth import coverage
     from ..io import write_json
+    from ..provenance import record
 
     lm, sae_ = load_pair(model, sae, layer, device)
     ids = _targets(lm, sae_, targets, contrast_pos, contrast_neg, n_targets, limit)
@@ -88,7 +89,7 @@ def coverage_cmd(
         job = bar.add_task("encoding", total=len(items))
         cov = coverage(lm, sae_, items, ids, progress=lambda n: bar.advance(job, n))
     if out:
-        write_json(out, cov.to_dict())
+        write_json(out, cov.to_dict(), provenance=record())
     if json:
         emit_json(cov)
         return
@@ -157,6 +158,7 @@ def generate_cmd(
         write_jsonl,
     )
     from ..io import write_json
+    from ..provenance import record
 
     lm, sae_ = load_pair(model, sae, layer, device)
     ids = _targets(lm, sae_, targets, contrast_pos, contrast_neg, n_targets, limit)
@@ -192,7 +194,7 @@ def generate_cmd(
     kept = write_jsonl(synth, out)
     if random_baseline:
         write_jsonl(rand, out.with_name(out.stem + ".random.jsonl"), kept_only=False)
-    write_json(report or out.with_name(out.name + ".report.json"), rep.to_dict())
+    write_json(report or out.with_name(out.name + ".report.json"), rep.to_dict(), provenance=record(seeds=seed))
     if json:
         emit_json(rep)
         return

@@ -123,6 +123,7 @@ def report_cmd(
     Example: qscope uncertainty report arc_easy --limit 300 --mc-scoring cloze --layers 6,15,24 --out docs/uncertainty
     """
     from ..sae import SAE
+    from ..provenance import record
     from ..uncertainty import analyse, summary_rows, write_report
 
     lm, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens, chat)
@@ -136,7 +137,7 @@ def report_cmd(
         report = analyse(data, saes, _parse_layers(probe_layers, lm.n_layers), lm=lm, folds=folds, seed=seed,
                          n_boot=n_boot, progress=lambda msg: status.update(f"scoring: {msg}"))
     if out is not None:
-        paths = write_report(report, out, name)
+        paths = write_report(report, out, name, provenance=record(seeds=seed))
         console.print("wrote " + ", ".join(str(p) for p in paths))
     if json:
         emit_json(report)

@@ -192,10 +192,11 @@ def _hist(ax, bins, series, title):
         ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
 
 
-def write_report(result: SAEComparison, out: str | Path, name: str = "compare", per_feature: bool = False) -> list[Path]:
-    """`<out>/<name>.json` and `<out>/<name>.png`; returns the paths written."""
+def write_report(result: SAEComparison, out: str | Path, name: str = "compare", per_feature: bool = False,
+                 provenance: dict | None = None) -> list[Path]:
+    """`<out>/<name>.json` and `<out>/<name>.png` (JSON with `provenance` if given); returns the paths written."""
     out = Path(out)
     json_path, png_path = out / f"{name}.json", out / f"{name}.png"
-    write_json(json_path, result.to_dict(per_feature=per_feature))
+    write_json(json_path, result.to_dict(per_feature=per_feature), provenance=provenance)
     plot_comparison(result, png_path)
     return [json_path, png_path]

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import QScopeError
-from ..io import write_json
+from ..io import save_png, write_json
 from .cache import Codes
 
 KS = (1, 2, 5, 10)
@@ -302,7 +302,9 @@ def evaluate(
     return report
 
 
-def plot_efficiency(reports: Sequence[TaskReport], path: str | Path, k: int | None = None) -> None:
+def plot_efficiency(
+    reports: Sequence[TaskReport], path: str | Path, k: int | None = None, provenance: dict | None = None
+) -> None:
     """Test F1 vs fraction of discovery data, one line per task (+ the macro mean), at one K."""
     import matplotlib
 
@@ -329,9 +331,7 @@ def plot_efficiency(reports: Sequence[TaskReport], path: str | Path, k: int | No
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120, provenance=provenance)
 
 
 def evaluate_task(

@@ -104,7 +104,7 @@ def scatter_plot(r_hat: dict[str, float], r: dict[str, float], path: str | Path,
     return _save(fig, path)
 
 
-def write_result(path: str | Path, obj) -> Path:
-    """JSON of a result object (anything with `.to_dict()`) or a plain dict/list, atomically."""
-    write_json(path, obj.to_dict() if hasattr(obj, "to_dict") else obj)
+def write_result(path: str | Path, obj, provenance: dict | None = None) -> Path:
+    """JSON of a result object (anything with `.to_dict()`) or a plain dict, atomically, with its provenance."""
+    write_json(path, obj.to_dict() if hasattr(obj, "to_dict") else obj, provenance=provenance)
     return Path(path)

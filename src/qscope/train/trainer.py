@@ -25,6 +25,7 @@ import torch
 
 from ..errors import QScopeError
 from ..io import write_json
+from ..provenance import record
 from . import checkpoint as ckpt
 from .store import ActivationStore, CacheSource, LMSource, build_cache, read_cache_meta
 from .topk import TopKTrainer, default_lr, lr_at
@@ -349,7 +350,7 @@ class Trainer:
             summary["heldout"] = self.evaluate(Path(cfg.cache_dir), held, device)
         if rank == 0:
             self._save_saes(cfg, summary, out)
-            write_json(out / "final.json", summary)
+            write_json(out / "final.json", summary, provenance=record(seeds=cfg.seed))
         _barrier(world)
         return summary
 

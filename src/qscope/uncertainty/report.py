@@ -187,12 +187,13 @@ def plot_layers(report: UncertaintyReport, path: str | Path) -> Path:
     return save_png(fig, path, dpi=110)
 
 
-def write_report(report: UncertaintyReport, out: str | Path, name: str | None = None) -> list[Path]:
-    """`<out>/<name>.json`, `<name>-selective.png`, `<name>-layers.png`."""
+def write_report(report: UncertaintyReport, out: str | Path, name: str | None = None,
+                 provenance: dict | None = None) -> list[Path]:
+    """`<out>/<name>.json` (with `provenance` if given), `<name>-selective.png`, `<name>-layers.png`."""
     out = Path(out)
     name = name or report.benchmark.replace(":", "-")
     paths = [out / f"{name}.json", out / f"{name}-selective.png", out / f"{name}-layers.png"]
-    write_json(paths[0], report.to_dict())
+    write_json(paths[0], report.to_dict(), provenance=provenance)
     plot_selective(report, paths[1])
     plot_layers(report, paths[2])
     return paths
