@@ -13,6 +13,7 @@ feature-no-store.png shows a layer without one (24).
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import subprocess
 import sys
@@ -100,6 +101,10 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(url, server, timeout=600)
+        info = json.load(urllib.request.urlopen(url + "/api/info", timeout=30))
+        if not any(l["layer"] == args.layer and l["store"] for l in info["layers"]):
+            print(f"note: no feature store for layer {args.layer}: feature.png will lack top contexts "
+                  f"(build one with `qscope features build --layer {args.layer}`)", file=sys.stderr)
         args.out.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
