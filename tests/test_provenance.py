@@ -56,3 +56,15 @@ def test_png_carries_provenance_given_or_recorded(tmp_path):
     save_png(fig, tmp_path / "auto.png")
     auto = provenance.read(tmp_path / "auto.png")
     assert auto["qscope_version"] == qscope.__version__ and auto["command"] == provenance.command_line()
+
+
+def test_stamp_png_adds_provenance_to_a_foreign_png(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 4), "white").save(tmp_path / "shot.png")
+    assert provenance.read(tmp_path / "shot.png") is None
+    rec = provenance.record(command="python experiments/web_screenshots.py")
+    provenance.stamp_png(tmp_path / "shot.png", rec)
+    assert provenance.read(tmp_path / "shot.png") == rec
+    with Image.open(tmp_path / "shot.png") as img:
+        assert img.size == (8, 4)
