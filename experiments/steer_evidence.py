@@ -43,7 +43,7 @@ from qscope.language import language_detector, language_judge  # noqa: E402
 from qscope.model import load_model  # noqa: E402
 from qscope.provenance import record  # noqa: E402
 from qscope.sae import SAE  # noqa: E402
-from qscope.steer.compare import compare_methods  # noqa: E402
+from qscope.steer.compare import MethodComparison, compare_methods  # noqa: E402
 from qscope.steer.directions import mean_residual_norm  # noqa: E402
 from qscope.steer.evaluate import NEUTRAL_PROMPTS_LONG  # noqa: E402
 from qscope.steer.methods import METHODS, build_methods  # noqa: E402
@@ -81,6 +81,35 @@ def _cell(value, ci=None, digits=2) -> str:
     return f"{value:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
 
 
+def primary_test(data: dict, budget: float = 0.1) -> list[str]:
+    """The registered comparison: best sae vs best diffmean within KL <= budget, paired exact
+    McNemar on the same prompts (plus sae vs each random control, for the record)."""
+    from qscope.language import language_judge
+    from qscope.stats import mcnemar_exact
+
+    judge = language_judge(data["setup"]["detector"].rsplit("_", 1)[-1])
+    row = next(r for r in data["best_at_kl"] if r["kl_budget"] == budget)
+
+    def verdicts(method):
+        best = row["by_method"].get(method)
+        if best is None:
+            return None, None
+        key = f"{best['strength']:g}" if best["strength"] else None
+        outs = data["outputs"]["plain"]["0"] if key in (None, "0") else data["outputs"][method][key]
+        return [judge(o) for o in outs], best
+
+    sae, sae_best = verdicts("sae")
+    lines = [f"Registered test at KL <= {budget} (paired exact McNemar over the same prompts; p uncorrected):", ""]
+    for other in [m for m in data["methods"] if m != "sae"]:
+        theirs, best = verdicts(other)
+        if sae is None or theirs is None:
+            continue
+        t = mcnemar_exact(sae, theirs)
+        lines.append(f"- sae ({sae_best['success']:.3f} at {sae_best['strength']:g}) vs {other} ({best['success']:.3f} at "
+                     f"{best['strength']:g}): only sae {t['only_first']}, only {other} {t['only_second']}, p = {t['p']:.3g}")
+    return lines + [""]
+
+
 def report(out: Path, cases: list[str]) -> str:
     """Markdown tables of finished cases (what docs/steering.md shows)."""
     lines = []
@@ -89,6 +118,7 @@ def report(out: Path, cases: list[str]) -> str:
         if not path.exists():
             continue
         data = json.loads(path.read_text())
+        MethodComparison(data["methods"], data["prompting"], data["setup"]).plot(out / f"{name}.png")
         lines += [f"#### {data['setup']['title']}", "",
                   f"{data['setup']['n_prompts']} test prompts, features {data['setup']['features']}; success judged by "
                   f"{data['setup']['detector']} (stopword detector beside it). Each cell: value [95% interval].", "",
@@ -114,6 +144,7 @@ def report(out: Path, cases: list[str]) -> str:
             cells = [_cell(row["by_method"][m]["success"], row["by_method"][m]["success_ci"]) if m in row["by_method"]
                      else "-" for m in data["methods"]]
             lines.append(f"| {row['kl_budget']} | {row['best']} | " + " | ".join(cells) + " |")
+        lines += primary_test(data)
         agree = [r["judge_agreement"] for rows in data["methods"].values() for r in rows if r["judge_agreement"] is not None]
         lines += ["", f"Judges agree on {min(agree):.0%}-{max(agree):.0%} of answers per condition.", ""]
     return "\n".join(lines)
@@ -129,7 +160,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="First draw of the random controls; repe's pairing.")
     ap.add_argument("--control-seeds", default="0,1,2", help="Draws of random-feature and random-direction.")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--report", action="store_true", help="Print the markdown tables of finished cases and stop.")
+    ap.add_argument("--report", action="store_true",
+                    help="Print the markdown tables of finished cases, redraw their plots, and stop.")
     ap.add_argument("--out", type=Path, default=OUT, help="Folder for results and the generation caches.")
     args = ap.parse_args()
     out = args.out

@@ -166,3 +166,12 @@ def test_output_features_find_the_feature_that_writes_the_target_tokens(lm, sae)
     assert found[0].feature == 17 and found[0].score > found[1].score
     with pytest.raises(QScopeError):
         output_features(lm, sae2, pos, [], top=3)
+
+
+def test_mcnemar_exact():
+    from qscope.stats import mcnemar_exact
+
+    same = mcnemar_exact([1, 0, 1], [1, 0, 1])
+    assert same == {"only_first": 0, "only_second": 0, "p": 1.0}
+    lopsided = mcnemar_exact([1] * 12, [0] * 12)
+    assert lopsided["only_first"] == 12 and lopsided["p"] == pytest.approx(2 * 0.5 ** 12)

@@ -42,3 +42,15 @@ def mean_interval(values: Sequence[float], level: float = 0.95, n_resamples: int
     """Percentile bootstrap interval of a mean."""
     values = np.asarray(values, float)
     return bootstrap_ratio_interval(values, np.ones_like(values), level, n_resamples, seed)
+
+
+def mcnemar_exact(first: Sequence[bool], second: Sequence[bool]) -> dict:
+    """Exact McNemar test of two paired binary outcomes (the same items judged under two
+    conditions): the discordant counts and the two-sided binomial p-value."""
+    if len(first) != len(second):
+        raise ValueError("paired outcomes need the same number of items")
+    only_first = sum(bool(a) and not bool(b) for a, b in zip(first, second))
+    only_second = sum(bool(b) and not bool(a) for a, b in zip(first, second))
+    n = only_first + only_second
+    p = 1.0 if n == 0 else float(stats.binomtest(only_first, n, 0.5).pvalue)
+    return {"only_first": only_first, "only_second": only_second, "p": p}

@@ -72,22 +72,28 @@ class MethodComparison:
 
         from ..io import save_png
 
-        fig, ax = plt.subplots(figsize=(7, 4.8))
-        for i, (name, points) in enumerate(self.methods.items()):
+        fig, ax = plt.subplots(figsize=(7.5, 5))
+        colours = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"])
+        for name, points in self.methods.items():
             pts = sorted((p for p in points if p["success"] is not None), key=lambda p: p["kl"])
             xs = [max(p["kl"], 1e-4) for p in pts]
             ys = [p["success"] for p in pts]
             err = [[y - p["success_ci"][0] for y, p in zip(ys, pts)], [p["success_ci"][1] - y for y, p in zip(ys, pts)]]
-            ax.errorbar(xs, ys, yerr=err, fmt="o-", ms=4, capsize=2, color=f"C{i}", label=name, alpha=0.85)
-        for j, p in enumerate(self.prompting):
-            ax.plot([max(p["kl"], 1e-4)], [p["success"]], "*", ms=13, color=f"C{len(self.methods) + j}",
-                    label=p["label"][:45])
+            control = name.startswith("random")  # the controls: thin, grey, no error bars
+            if control:
+                ax.plot(xs, ys, "--", marker=".", lw=1, color="0.55" if "direction" in name else "0.75",
+                        label=name if "@" not in name else None)
+            else:
+                ax.errorbar(xs, ys, yerr=err, fmt="o-", ms=4, capsize=2, color=next(colours, None), label=name)
+        for p, marker in zip(self.prompting, ["*", "P", "X", "D"]):
+            ax.plot([max(p["kl"], 1e-4)], [p["success"]], marker, ms=12, color="black", mfc="gold",
+                    label=p["label"][:45], linestyle="none")
         ax.set_xscale("log")
         ax.set_xlabel("KL(plain || steered) on neutral prompts, nats/token (log; lower = fewer side effects)")
         ax.set_ylabel(f"success ({self.setup.get('detector')})")
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="best", title="random controls: dashed grey, every seed", title_fontsize=7)
         ax.set_title(self.setup.get("title", "steering methods"), fontsize=9)
         fig.tight_layout()
         return save_png(fig, path)
