@@ -112,7 +112,10 @@ def primary_test(data: dict, budget: float = 0.1) -> list[str]:
 
 def report(out: Path, cases: list[str]) -> str:
     """Markdown tables of finished cases (what docs/steering.md shows)."""
-    lines = []
+    lines = ["# Steering methods against their controls: full results", "",
+             "Written by `python experiments/steer_evidence.py --report > docs/steering/evidence/report.md` from "
+             "the case JSON files (their `provenance` holds the command, commit and seeds of each run). "
+             "Setup and registered comparison: [../../steering.md](../../steering.md).", ""]
     for name in cases:
         path = out / f"{name}.json"
         if not path.exists():
