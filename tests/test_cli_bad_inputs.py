@@ -141,6 +141,9 @@ BAD = [
     (["compare", "{sae}", "{work}/missing_sae"], "no such file"),
     (["compare", "{sae}", "{sae}", "--n-texts", "0"], "--n-texts"),
     # serve
+    (["plan", "-r", "nosuch/release"], "unknown SAE release"),
+    (["plan", "--task", "capture"], "give --model or --release"),
+    (["plan", "-r", "default", "--layers", "99"], "out of range"),
     (["serve", "--port", "99999"], "--port"),
     (["serve", "--port", "0"], "--port"),
     (["serve", "--layers", "6;15"], "comma-separated"),
