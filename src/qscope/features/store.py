@@ -40,6 +40,7 @@ BINS_PER_INTERVAL = 4  # activation intervals for samples = half decades of the 
 N_INTERVALS = (len(HIST_EDGES) - 1) // BINS_PER_INTERVAL
 SAMPLES_PER_INTERVAL = 3
 N_EFFECTS = 10  # promoted / suppressed tokens kept per feature
+BROWSE_ORDERS = ("frequent", "rare", "strongest", "random")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -223,6 +224,7 @@ class FeatureStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._auto: dict[int, str] | None = None
+        self._table: dict[str, np.ndarray] | None = None
         if not self.path.is_file():
             raise QScopeError(f"{self.path}: no feature store there; build one with `qscope features build`")
         try:
@@ -333,14 +335,48 @@ class FeatureStore:
 
     def feature_table(self) -> dict[str, np.ndarray]:
         """Per-feature arrays over all `d_sae` features (zeros where a feature never fired):
-        fires, density (firings per token), max_act, mean_act. What browsing sorts and filters."""
+        fires, density (firings per token), max_act, mean_act. What browsing sorts and filters
+        (kept once the store is complete)."""
+        if self._table is not None:
+            return self._table
         fires, max_act, sum_act = np.zeros(self.d_sae, np.int64), np.zeros(self.d_sae), np.zeros(self.d_sae)
         rows = self.conn.execute("SELECT feature, fires, max_act, sum_act FROM feature_stats").fetchall()
         if rows:
             f, c, mx, sm = (np.array(x) for x in zip(*rows))
             fires[f], max_act[f], sum_act[f] = c, mx, sm
-        return {"fires": fires, "density": fires / max(self.meta["tokens_done"], 1), "max_act": max_act,
-                "mean_act": np.divide(sum_act, fires, out=np.zeros(self.d_sae), where=fires > 0)}
+        table = {"fires": fires, "density": fires / max(self.meta["tokens_done"], 1), "max_act": max_act,
+                 "mean_act": np.divide(sum_act, fires, out=np.zeros(self.d_sae), where=fires > 0)}
+        if self.meta.get("state") == "complete":  # a finished store no longer changes
+            self._table = table
+        return table
+
+    def browse(self, order: str = "frequent", offset: int = 0, limit: int = 25, max_density: float | None = None,
+               query: str | None = None, seed: int = 0) -> tuple[int, list[dict]]:
+        """(how many features match, one page of them) among features that fired: `order` is
+        frequent / rare (by firings), strongest (max activation) or random (a fixed shuffle per
+        `seed`); `max_density` hides denser features (firings per token); `query` keeps features
+        whose label has every word. Rows: feature, fires, density, max_act, mean_act, label, label_source."""
+        if order not in BROWSE_ORDERS:
+            raise QScopeError(f"order must be one of {', '.join(BROWSE_ORDERS)}, not {order!r}")
+        t = self.feature_table()
+        keep = t["fires"] > 0
+        if max_density is not None:
+            keep &= t["density"] <= max_density
+        labels = self.labels() if query else None
+        if query:
+            words = [w.lower() for w in query.split()]
+            keep &= np.array([all(w in labels[f].text.lower() for w in words) for f in range(self.d_sae)])
+        ids = np.nonzero(keep)[0]
+        if order == "random":
+            ids = ids[np.random.default_rng(seed).permutation(len(ids))]
+        else:
+            key = {"frequent": -t["fires"], "rare": t["fires"], "strongest": -t["max_act"]}[order][ids]
+            ids = ids[np.argsort(key, kind="stable")]
+        page = ids[max(offset, 0):max(offset, 0) + limit].tolist()
+        labels = labels or self.labels(page)
+        return len(ids), [{"feature": f, "fires": int(t["fires"][f]), "density": float(t["density"][f]),
+                           "max_act": float(t["max_act"][f]), "mean_act": float(t["mean_act"][f]),
+                           **labels[f].to_dict()} for f in page]
 
     # -- labels
     def auto_labels(self) -> dict[int, str]:
