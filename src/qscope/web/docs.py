@@ -1,5 +1,6 @@
-"""`/docs` without the internet: Swagger UI's files come from the `swagger-ui-bundle` package
-and are served by this app (FastAPI's default page loads them from a CDN, so offline it is blank)."""
+"""`/docs` without the internet: Swagger UI's files come from the `swagger-ui-bundle-v2` package
+(Swagger UI 5, which reads FastAPI's OpenAPI 3.1) and are served by this app; FastAPI's default
+page loads them from a CDN, so offline it is blank."""
 
 from __future__ import annotations
 

@@ -370,7 +370,7 @@ pages.steer = (view, args, query) => {
   setTitle("Steer");
   // older links: #/steer/L/F
   const layer0 = query.get("layer") || args[0] || INFO.layers[Math.floor(INFO.layers.length / 2)].layer;
-  const initial = query.get("edits") ? query.get("edits").split(",").map(x => x.split(":")) : [[args[1] || "", ""]];
+  const initial = query.get("edits") ? query.get("edits").split(",").map(x => x.split(":")) : [[args[1] || "", args[1] ? "8" : ""]];
   const edits = h("div", { id: "edits" });
   const addEdit = (f = "", s = "") => {
     const info = h("div", { class: "e-info muted" });
@@ -387,6 +387,7 @@ pages.steer = (view, args, query) => {
         const r = await api(`/api/feature/${l}/${id}/summary`);
         const range = r.max_act ? Math.max(1, Math.ceil(4 * r.max_act)) : 50;
         slider.min = -range; slider.max = range;
+        strength.placeholder = r.max_act ? `e.g. ${Math.round(2 * r.max_act)}` : "e.g. 8";
         info.replaceChildren(labelView(r), h("br"), r.max_act !== null
           ? `typical activation when firing ${fmt(r.mean_act)}, max seen ${fmt(r.max_act)}; the slider spans ±4× the max`
           : "no store for this layer: activation range unknown; the slider spans ±50");
