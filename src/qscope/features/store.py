@@ -408,11 +408,13 @@ class FeatureStore:
         return {f: newest.get(f) or Label(auto.get(f, ""), AUTO) for f in wanted}
 
     def search_labels(self, query: str, limit: int = 50) -> list[Explanation]:
-        """Explanations, then automatic labels (source "auto", id 0), containing every word of `query`."""
+        """Explanations, then automatic labels (source "auto", id 0; most frequent feature first),
+        containing every word of `query`."""
         found = self.search_explanations(query, limit)
         words = [w.lower() for w in query.split()]
         seen = {e.feature for e in found}
-        for feature, text in sorted(self.auto_labels().items()):
+        fires = self.feature_table()["fires"]
+        for feature, text in sorted(self.auto_labels().items(), key=lambda kv: (-int(fires[kv[0]]), kv[0])):
             if len(found) >= limit:
                 break
             low = text.lower()
