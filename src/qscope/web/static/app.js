@@ -381,6 +381,7 @@ pages.steer = (view, args, query) => {
     strength.addEventListener("input", () => { if (strength.value !== "") slider.value = strength.value; });
     let timer = null;
     const describe = async () => {
+      if (!feat.isConnected) return;  // the page was left (or the row removed) before the timer fired
       const l = $("#st-layer").value, id = feat.value;
       if (id === "") { info.replaceChildren(); return; }
       try {
