@@ -242,6 +242,7 @@ def test_phone_layout_has_no_sideways_scroll(browser, live_url, tmp_path):  # no
         pg.wait_for_load_state("networkidle")
         pg.wait_for_function("!document.querySelector('#view').textContent.includes('loading…')")
         assert pg.evaluate(NO_OVERFLOW), (route, pg.evaluate("document.documentElement.scrollWidth"))
+        assert "null" not in pg.inner_text("#view").split() and "undefined" not in pg.inner_text("#view")
     assert pg.is_hidden("nav") and pg.is_visible("#menu")  # the header collapses to a menu button
     pg.tap("#menu")
     assert pg.is_visible("nav a[data-page=steer]")

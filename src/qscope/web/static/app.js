@@ -176,7 +176,7 @@ function effectsTable(title, rows) {
 }
 
 function truncNote(r) {
-  return r && r.truncated ? h("p", { class: "warn" }, `The text is longer than ${r.max_tokens} tokens: only its first ${r.max_tokens} were read.`) : null;
+  return r && r.truncated ? h("p", { class: "warn" }, `The text is longer than ${r.max_tokens} tokens: only its first ${r.max_tokens} were read.`) : "";
 }
 
 // ---------------------------------------------------------------- pages
