@@ -20,6 +20,7 @@ from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
 PROMPT = "Tell me about your weekend."
+CODE = "def add(a, b):\n    return a + b"
 INSPECT = "Le chat est sur la table. The Eiffel Tower is in Paris. def add(a, b): return a + b"
 
 
@@ -49,7 +50,7 @@ def pages(layer: int, feature: int, strength: int) -> list[tuple[str, str, str]]
         ("inspect", f"#/inspect?layer={layer}&text={quote(INSPECT)}", "#token-detail table"),
         ("steer", f"#/steer?layer={layer}&edits={feature}:{strength}&prompt={quote(PROMPT)}&max=40",
          "#steered[data-done='1']"),
-        ("compare", f"#/compare?a={quote('def add(a, b):\n    return a + b')}&b={quote('Add the two numbers.')}",
+        ("compare", f"#/compare?a={quote(CODE)}&b={quote('Add the two numbers.')}",
          "#compare-out .card"),
     ]
 
