@@ -63,7 +63,7 @@ def test_stamp_png_adds_provenance_to_a_foreign_png(tmp_path):
 
     Image.new("RGB", (8, 4), "white").save(tmp_path / "shot.png")
     assert provenance.read(tmp_path / "shot.png") is None
-    rec = provenance.record(command="python experiments/web_screenshots.py")
+    rec = provenance.record(command="python experiments/web_tour.py --store STORE --feature 15/6644 --shots docs/web")
     provenance.stamp_png(tmp_path / "shot.png", rec)
     assert provenance.read(tmp_path / "shot.png") == rec
     with Image.open(tmp_path / "shot.png") as img:

@@ -188,7 +188,8 @@ def show_cmd(
     intervals: int = typer.Option(2, min=1, help="Samples shown per activation interval."),
     plain: bool = typer.Option(False, help="No colours: mark the activating token «like this»."),
     png: Optional[Path] = typer.Option(None, help="Also write the activation histogram as a PNG."),
-    search: Optional[str] = typer.Option(None, help="Instead, list the features whose explanation has these words."),
+    search: Optional[str] = typer.Option(None, help="Instead, list the features whose explanation or automatic "
+                                         "label has these words."),
     densest: int = typer.Option(0, min=0, help="Instead, list this many features by firing density."),
     json: JsonOpt = False,
 ) -> None:
@@ -204,7 +205,7 @@ def show_cmd(
 
     with _open_store(store, model, sae, layer) as st:
         if search is not None or densest:
-            rows = st.search_explanations(search) if search is not None else st.top_features_by_density(densest)
+            rows = st.search_labels(search) if search is not None else st.top_features_by_density(densest)
             if json:
                 emit_json([r.to_dict() for r in rows])
                 return
@@ -228,29 +229,49 @@ def show_cmd(
 
 @app.command("explain")
 def explain_cmd(
-    features: List[int] = typer.Argument(..., help="Feature ids."),
+    features: Optional[List[int]] = typer.Argument(None, help="Feature ids (or --all)."),
     store: Optional[Path] = StoreOpt,
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
     text: Optional[str] = typer.Option(None, "--text", help="Your explanation (stored with source 'manual')."),
-    endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible API base URL, e.g. http://localhost:8000/v1."),
-    api_model: Optional[str] = typer.Option(None, "--api-model", help="Model name the endpoint serves."),
+    all_: bool = typer.Option(False, "--all", help="Every feature that fired, most frequent first; features the "
+                              "--api-model already explained are skipped, so a rerun continues."),
+    endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible API base URL, e.g. http://localhost:8000/v1 "
+                                           "(vLLM), http://localhost:11434/v1 (Ollama)."),
+    api_model: Optional[str] = typer.Option(None, "--api-model", help="Model name the endpoint serves (stored as "
+                                            "the explanation's source)."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key (if any)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, max=256, help="Requests in flight at once (--all)."),
     json: JsonOpt = False,
 ) -> None:
     """Attach an explanation to features: by hand, or written by an LLM from the top contexts.
 
-    Example: qscope features explain 1234 --layer 15 --endpoint http://localhost:8000/v1 --api-model qwen3-8b
-    """
-    from ..features.explain import explain_feature
+    Until a feature has one, lists show its automatic label (made when the store was built).
 
+    Example: qscope features explain 1234 --layer 15 --endpoint http://localhost:8000/v1 --api-model qwen3-8b
+    Example: qscope features explain --all --layer 15 --endpoint http://localhost:11434/v1 --api-model qwen3:8b
+    """
+    from ..errors import QScopeError
+    from ..features.explain import explain_all, explain_feature
+
+    if bool(features) == all_:
+        raise QScopeError("give feature ids or --all (not both)")
     done = []
     with _open_store(store, model, sae, layer) as st:
-        for f in features:
-            e = explain_feature(st, f, text=text, endpoint=endpoint, api_model=api_model, api_key_env=api_key_env)
-            done.append(e)
+        if all_:
+            if not endpoint or not api_model or text is not None:
+                raise QScopeError("--all needs --endpoint and --api-model (and no --text)")
+            with console.status("explaining") as status:
+                done = explain_all(st, endpoint, api_model, api_key_env, batch_size=batch_size,
+                                   progress=lambda n, total: status.update(f"explained {n:,} of {total:,}"))
             if not json:
-                console.print(f"feature {f}: {e.text}  [dim]({e.source})[/]", highlight=False)
+                console.print(f"{len(done):,} features explained by {api_model} in {st.path}")
+        else:
+            for f in features:
+                e = explain_feature(st, f, text=text, endpoint=endpoint, api_model=api_model, api_key_env=api_key_env)
+                done.append(e)
+                if not json:
+                    console.print(f"feature {f}: {e.text}  [dim]({e.source})[/]", highlight=False)
     if json:
         emit_json([e.to_dict() for e in done])

@@ -3,16 +3,17 @@
 The LLM sees what a person would look at on the dashboard - the top contexts with the
 max-activating token marked, and the tokens the feature promotes - and is asked for one short
 phrase. Any server that speaks `POST /v1/chat/completions` works (OpenAI, vLLM, llama.cpp,
-Ollama, LM Studio ...); only the standard library is used to call it.
+Ollama, LM Studio ...), called through the official `openai` client. `explain_all` explains a
+whole store in concurrent batches and can be stopped and rerun: features that already have an
+explanation from the same model are skipped.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import urllib.error
-import urllib.request
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import QScopeError
 from .store import Example, Explanation, FeatureDashboard, FeatureStore
@@ -42,12 +43,12 @@ def explain_prompt(dash: FeatureDashboard, n_examples: int = 12) -> list[dict]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
 
-def chat_url(endpoint: str) -> str:
+def base_url(endpoint: str) -> str:
     """Accept a base URL (`http://host:8000/v1`) or the full chat-completions URL."""
     endpoint = endpoint.strip().rstrip("/")
     if not endpoint.startswith(("http://", "https://")):
         raise QScopeError(f"endpoint {endpoint!r} must be an http(s) URL, e.g. http://localhost:8000/v1")
-    return endpoint if endpoint.endswith("/chat/completions") else endpoint + "/chat/completions"
+    return endpoint.removesuffix("/chat/completions")
 
 
 def clean_reply(text: str) -> str:
@@ -57,35 +58,39 @@ def clean_reply(text: str) -> str:
     return " ".join(text.strip().strip("\"'`").split())[:300]
 
 
+def llm_client(endpoint: str, api_key: str | None = None, timeout: float = 120, retries: int = 2):
+    """An `openai.OpenAI` client for any OpenAI-compatible server (local ones need no key)."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=base_url(endpoint), api_key=api_key or "none", timeout=timeout, max_retries=retries)
+
+
 def ask_llm(messages: list[dict], endpoint: str, api_model: str, api_key: str | None = None, timeout: float = 120,
-            max_tokens: int = 256) -> str:
+            max_tokens: int = 256, client=None) -> str:
     """One chat completion (temperature 0); every failure becomes one QScopeError line."""
-    url = chat_url(endpoint)
-    body = json.dumps({"model": api_model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}).encode()
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    import openai
+
+    url = base_url(endpoint) + "/chat/completions"
+    client = client or llm_client(endpoint, api_key, timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            payload = json.loads(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:200].replace("\n", " ")
-        raise QScopeError(f"{url}: HTTP {exc.code} {exc.reason}: {detail}") from None
-    except urllib.error.URLError as exc:
-        raise QScopeError(f"{url}: cannot reach the endpoint ({exc.reason})") from None
-    except (TimeoutError, OSError) as exc:
-        raise QScopeError(f"{url}: request failed ({exc})") from None
-    except json.JSONDecodeError:
-        raise QScopeError(f"{url}: the reply is not JSON; is this an OpenAI-compatible endpoint?") from None
+        reply = client.chat.completions.create(model=api_model, messages=messages, temperature=0, max_tokens=max_tokens)
+    except openai.APIStatusError as exc:
+        detail = str(exc.message)[:200].replace("\n", " ")
+        raise QScopeError(f"{url}: HTTP {exc.status_code}: {detail}") from None
+    except openai.APITimeoutError:
+        raise QScopeError(f"{url}: no answer within {timeout:g} s") from None
+    except openai.APIConnectionError as exc:
+        raise QScopeError(f"{url}: cannot reach the endpoint ({exc.__cause__ or exc})") from None
+    except openai.OpenAIError as exc:
+        raise QScopeError(f"{url}: {exc}; is this an OpenAI-compatible endpoint?") from None
     try:
-        content = payload["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
+        content = reply.choices[0].message.content
+    except (AttributeError, IndexError, TypeError):
         raise QScopeError(f"{url}: the reply has no choices[0].message.content") from None
-    reply = clean_reply(content or "")
-    if not reply:
+    text = clean_reply(content or "")
+    if not text:
         raise QScopeError(f"{url}: the model returned an empty explanation")
-    return reply
+    return text
 
 
 def explain_feature(store: FeatureStore, feature: int, text: str | None = None, endpoint: str | None = None,
@@ -102,3 +107,36 @@ def explain_feature(store: FeatureStore, feature: int, text: str | None = None, 
     messages = explain_prompt(store.dashboard(feature), n_examples)
     reply = ask_llm(messages, endpoint, api_model, os.environ.get(api_key_env), timeout=timeout)
     return store.add_explanation(feature, reply, api_model)
+
+
+def explain_all(store: FeatureStore, endpoint: str, api_model: str, api_key_env: str = "OPENAI_API_KEY",
+                features: Iterable[int] | None = None, batch_size: int = 8, n_examples: int = 12, timeout: float = 120,
+                progress: Callable[[int, int], None] | None = None) -> list[Explanation]:
+    """Explain `features` (default: every feature that fired, most frequent first) with `api_model`,
+    `batch_size` requests at a time; each batch is stored before the next starts, so a rerun after
+    a stop or a failure continues. Features already explained by `api_model` are skipped.
+    `progress(done, total)` after each batch. Returns the new explanations."""
+    if batch_size < 1:
+        raise QScopeError("batch size must be at least 1")
+    if features is None:
+        table = store.feature_table()
+        fired = table["fires"].nonzero()[0]
+        features = fired[(-table["fires"][fired]).argsort(kind="stable")].tolist()
+    done_before = {f for (f,) in store.conn.execute("SELECT DISTINCT feature FROM explanations WHERE source=?",
+                                                    (api_model,))}
+    todo = [int(f) for f in features if int(f) not in done_before]
+    client = llm_client(endpoint, os.environ.get(api_key_env), timeout)
+    added: list[Explanation] = []
+    with ThreadPoolExecutor(batch_size) as pool:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            prompts = [explain_prompt(store.dashboard(f), n_examples) for f in chunk]
+            replies = [pool.submit(ask_llm, m, endpoint, api_model, timeout=timeout, client=client) for m in prompts]
+            for f, reply in zip(chunk, replies):
+                try:
+                    added.append(store.add_explanation(f, reply.result(), api_model))
+                except QScopeError as exc:
+                    raise QScopeError(f"feature {f}: {exc} ({len(added)} explained this run; rerun to continue)") from None
+            if progress:
+                progress(start + len(chunk), len(todo))
+    return added

@@ -65,7 +65,8 @@ def dashboard_renderable(dash: FeatureDashboard, n_top: int = 10, n_interval: in
     for e in dash.explanations:
         parts.append(Text(f"explanation: {e.text}  ({e.source}, {e.created_at[:10]})", style="italic"))
     if not dash.explanations:
-        parts.append(Text("explanation: -  (add one: qscope features explain)", style="dim"))
+        parts.append(Text(f"label: {dash.auto_label or '-'}  (automatic; add an explanation: qscope features explain)",
+                          style="dim"))
     scale = dash.max_act
 
     def table(title: str, examples: list[Example]) -> Table:

@@ -8,7 +8,8 @@ What a dashboard holds (the parts sae_vis / SAEDashboard / Neuronpedia show): fi
 density, max / mean activation, a log-binned activation histogram, the top-N contexts by max
 activation (at most one per text, so the list is not twenty neighbouring tokens of one text),
 samples from several activation intervals, the tokens the decoder direction promotes and
-suppresses, and explanations. Position 0 of every text is skipped, as in `FeatureStats`:
+suppresses, explanations, and an automatic label per feature (`labels`) for the lists to show
+until an explanation replaces it. Position 0 of every text is skipped, as in `FeatureStats`:
 attention-sink tokens carry "register" features that say nothing about the text.
 """
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import QScopeError
+from .labels import AUTO, auto_label, text_language
 
 SCHEMA_VERSION = 1
 LEFT, RIGHT = 24, 8  # context tokens kept left / right of the activating token
@@ -38,6 +40,7 @@ BINS_PER_INTERVAL = 4  # activation intervals for samples = half decades of the 
 N_INTERVALS = (len(HIST_EDGES) - 1) // BINS_PER_INTERVAL
 SAMPLES_PER_INTERVAL = 3
 N_EFFECTS = 10  # promoted / suppressed tokens kept per feature
+BROWSE_ORDERS = ("frequent", "rare", "strongest", "random")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,6 +56,7 @@ CREATE TABLE IF NOT EXISTS token_effects (feature INTEGER PRIMARY KEY, promoted 
 CREATE TABLE IF NOT EXISTS explanations (id INTEGER PRIMARY KEY AUTOINCREMENT, feature INTEGER NOT NULL, text TEXT NOT NULL,
     source TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS explanations_feature ON explanations (feature);
+CREATE TABLE IF NOT EXISTS labels (feature INTEGER PRIMARY KEY, text TEXT NOT NULL);
 """
 
 
@@ -126,9 +130,23 @@ class FeatureDashboard:
     promoted: list[tuple[str, float]]
     suppressed: list[tuple[str, float]]
     explanations: list[Explanation]
+    label: str = ""  # the newest explanation, else the automatic label
+    label_source: str = AUTO  # that explanation's source, or "auto"
+    auto_label: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Label:
+    """What lists show for a feature: the newest explanation, else its automatic label."""
+
+    text: str
+    source: str  # "auto", "manual" or the explaining model's name
+
+    def to_dict(self) -> dict:
+        return {"label": self.text, "label_source": self.source}
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -205,6 +223,8 @@ class FeatureStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._auto: dict[int, str] | None = None
+        self._table: dict[str, np.ndarray] | None = None
         if not self.path.is_file():
             raise QScopeError(f"{self.path}: no feature store there; build one with `qscope features build`")
         try:
@@ -296,10 +316,14 @@ class FeatureStore:
         eff = q("SELECT promoted, suppressed FROM token_effects WHERE feature=?", (feature,)).fetchone()
         promoted, suppressed = ([tuple(p) for p in json.loads(e)] for e in eff) if eff else ([], [])
         m = self.meta
+        explanations = self.explanations(feature)
+        auto = self.auto_labels().get(feature, "")
+        label = Label(explanations[-1].text, explanations[-1].source) if explanations else Label(auto, AUTO)
         return FeatureDashboard(
             feature, self.layer, m["model"], m["sae"], m["texts_done"], m["tokens_done"], fires, text_fires,
             fires / max(m["tokens_done"], 1), text_fires / max(m["texts_done"], 1), max_act,
-            sum_act / fires if fires else 0.0, histogram, top, intervals, promoted, suppressed, self.explanations(feature))
+            sum_act / fires if fires else 0.0, histogram, top, intervals, promoted, suppressed, explanations,
+            label.text, label.source, auto)
 
     def top_features_by_density(self, n: int = 20, lowest: bool = False, min_fires: int = 1) -> list[FeatureSummary]:
         """The most (or, with `lowest`, least) frequently firing features among those firing at least `min_fires` times."""
@@ -308,6 +332,95 @@ class FeatureStore:
             f"SELECT feature, fires, max_act, sum_act FROM feature_stats WHERE fires >= ? "
             f"ORDER BY fires {'ASC' if lowest else 'DESC'}, feature LIMIT ?", (max(min_fires, 1), n))
         return [FeatureSummary(f, c, c / tokens, mx, s / c) for f, c, mx, s in rows]
+
+    def feature_table(self) -> dict[str, np.ndarray]:
+        """Per-feature arrays over all `d_sae` features (zeros where a feature never fired):
+        fires, density (firings per token), max_act, mean_act. What browsing sorts and filters
+        (kept once the store is complete)."""
+        if self._table is not None:
+            return self._table
+        fires, max_act, sum_act = np.zeros(self.d_sae, np.int64), np.zeros(self.d_sae), np.zeros(self.d_sae)
+        rows = self.conn.execute("SELECT feature, fires, max_act, sum_act FROM feature_stats").fetchall()
+        if rows:
+            f, c, mx, sm = (np.array(x) for x in zip(*rows))
+            fires[f], max_act[f], sum_act[f] = c, mx, sm
+        table = {"fires": fires, "density": fires / max(self.meta["tokens_done"], 1), "max_act": max_act,
+                 "mean_act": np.divide(sum_act, fires, out=np.zeros(self.d_sae), where=fires > 0)}
+        if self.meta.get("state") == "complete":  # a finished store no longer changes
+            self._table = table
+        return table
+
+    def browse(self, order: str = "frequent", offset: int = 0, limit: int = 25, max_density: float | None = None,
+               query: str | None = None, seed: int = 0) -> tuple[int, list[dict]]:
+        """(how many features match, one page of them) among features that fired: `order` is
+        frequent / rare (by firings), strongest (max activation) or random (a fixed shuffle per
+        `seed`); `max_density` hides denser features (firings per token); `query` keeps features
+        whose label has every word. Rows: feature, fires, density, max_act, mean_act, label, label_source."""
+        if order not in BROWSE_ORDERS:
+            raise QScopeError(f"order must be one of {', '.join(BROWSE_ORDERS)}, not {order!r}")
+        t = self.feature_table()
+        keep = t["fires"] > 0
+        if max_density is not None:
+            keep &= t["density"] <= max_density
+        labels = self.labels() if query else None
+        if query:
+            words = [w.lower() for w in query.split()]
+            keep &= np.array([all(w in labels[f].text.lower() for w in words) for f in range(self.d_sae)])
+        ids = np.nonzero(keep)[0]
+        if order == "random":
+            ids = ids[np.random.default_rng(seed).permutation(len(ids))]
+        else:
+            key = {"frequent": -t["fires"], "rare": t["fires"], "strongest": -t["max_act"]}[order][ids]
+            ids = ids[np.argsort(key, kind="stable")]
+        page = ids[max(offset, 0):max(offset, 0) + limit].tolist()
+        labels = labels or self.labels(page)
+        return len(ids), [{"feature": f, "fires": int(t["fires"][f]), "density": float(t["density"][f]),
+                           "max_act": float(t["max_act"][f]), "mean_act": float(t["mean_act"][f]),
+                           **labels[f].to_dict()} for f in page]
+
+    # -- labels
+    def auto_labels(self) -> dict[int, str]:
+        """Every feature's automatic label: stored by the build, or (a store built before labels
+        existed, or one still building) computed from the store on first use and kept in memory;
+        a complete store is also given them on disk when the file is writable."""
+        if self._auto is None:
+            rows = self.conn.execute("SELECT feature, text FROM labels").fetchall() if self._has_labels_table() else []
+            if rows and self.meta.get("state") == "complete":
+                self._auto = dict(rows)
+            else:
+                self._auto = compute_auto_labels(self.conn)
+                if self.meta.get("state") == "complete":
+                    try:
+                        _write_labels(self.conn, self._auto)
+                    except sqlite3.OperationalError:  # read-only file: keep them in memory
+                        pass
+        return self._auto
+
+    def _has_labels_table(self) -> bool:
+        return bool(self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='labels'").fetchone())
+
+    def labels(self, features: Iterable[int] | None = None) -> dict[int, Label]:
+        """{feature: Label} for `features` (default: all): the newest explanation, else the automatic label."""
+        auto = self.auto_labels()
+        wanted = range(self.d_sae) if features is None else [int(f) for f in features]
+        newest = {f: Label(t, s) for f, t, s in self.conn.execute(
+            "SELECT feature, text, source FROM explanations WHERE id IN (SELECT MAX(id) FROM explanations GROUP BY feature)")}
+        return {f: newest.get(f) or Label(auto.get(f, ""), AUTO) for f in wanted}
+
+    def search_labels(self, query: str, limit: int = 50) -> list[Explanation]:
+        """Explanations, then automatic labels (source "auto", id 0; most frequent feature first),
+        containing every word of `query`."""
+        found = self.search_explanations(query, limit)
+        words = [w.lower() for w in query.split()]
+        seen = {e.feature for e in found}
+        fires = self.feature_table()["fires"]
+        for feature, text in sorted(self.auto_labels().items(), key=lambda kv: (-int(fires[kv[0]]), kv[0])):
+            if len(found) >= limit:
+                break
+            low = text.lower()
+            if feature not in seen and all(w in low for w in words):
+                found.append(Explanation(0, feature, text, AUTO, ""))
+        return found
 
     # -- explanations
     def add_explanation(self, feature: int, text: str, source: str = "manual") -> Explanation:
@@ -537,6 +650,31 @@ def _store_token_effects(conn: sqlite3.Connection, lm, sae, chunk: int = 256) ->
             conn.executemany("INSERT OR REPLACE INTO token_effects VALUES (?, ?, ?)", rows)
 
 
+def compute_auto_labels(conn: sqlite3.Connection) -> dict[int, str]:
+    """{feature: automatic label} from a store's top contexts, texts and token effects."""
+    texts = {idx: (label, json.loads(tokens)) for idx, label, tokens in conn.execute("SELECT idx, label, tokens FROM texts")}
+    languages = {idx: text_language("".join(tokens)) for idx, (_, tokens) in texts.items()}
+    d_sae = json.loads(conn.execute("SELECT value FROM meta WHERE key='d_sae'").fetchone()[0])
+    focus: dict[int, list] = {}
+    for feature, text_idx, pos in conn.execute("SELECT feature, text_idx, pos FROM top_examples ORDER BY feature, act DESC"):
+        if text_idx in texts:
+            focus.setdefault(feature, []).append((texts[text_idx][1][pos], languages[text_idx], texts[text_idx][0]))
+    promoted = {f: [t for t, _ in json.loads(p)] for f, p in conn.execute("SELECT feature, promoted FROM token_effects")}
+    out = {}
+    for f in range(d_sae):
+        tokens, langs, corpora = zip(*focus[f]) if f in focus else ((), (), ())
+        out[f] = auto_label(tokens, promoted.get(f, []), langs, corpora)
+    return out
+
+
+def _write_labels(conn: sqlite3.Connection, labels: dict[int, str]) -> None:
+    with conn:
+        conn.execute("BEGIN")
+        conn.execute("CREATE TABLE IF NOT EXISTS labels (feature INTEGER PRIMARY KEY, text TEXT NOT NULL)")
+        conn.execute("DELETE FROM labels")
+        conn.executemany("INSERT INTO labels VALUES (?, ?)", labels.items())
+
+
 def build_store(lm, sae, texts: Iterable, path: str | Path, layer: int | None = None, max_length: int = 128,
                 batch_size: int = 8, top_n: int = 20, checkpoint_every: int = 64, sae_name: str | None = None,
                 progress: Callable[[int, int], None] | None = None) -> FeatureStore:
@@ -659,6 +797,7 @@ def _build(conn, lm, sae, texts, path, wanted, layer, max_length, batch_size, ch
     with _one_thread():
         builder.save(conn, pending, {**meta, "updated_at": _now()})
     _store_token_effects(conn, lm, sae)
+    _write_labels(conn, compute_auto_labels(conn))
     with conn:
         conn.execute("BEGIN")
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('state', ?)", (json.dumps("complete"),))

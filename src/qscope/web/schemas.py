@@ -19,8 +19,11 @@ MAX_EDITS = 8
 MAX_STRENGTH = 1000.0  # |strength|: add mode is in raw residual units (norms reach a few hundred)
 MAX_NEW_TOKENS = 128
 MAX_TOKENS = 256  # texts are truncated to this many tokens before encoding
+MAX_SWEEP = 4  # strengths of one sweep (each is a generation)
 MAX_BODY = 256 * 1024  # bytes; 2 x 16 texts x 2000 chars (UTF-8, JSON-escaped) fit well below
 
+BrowseOrder = Literal["frequent", "rare", "strongest", "random"]
+Strength = Annotated[float, Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH)]
 Text = Field(min_length=1, max_length=MAX_CHARS, description=f"1..{MAX_CHARS} characters")
 ListText = Annotated[str, Field(min_length=1, max_length=MAX_CHARS)]
 
@@ -76,8 +79,11 @@ class SteerRequest(Strict):
     positions: Literal["all", "prompt", "generated"] = "all"
     chat: bool = True
     max_new_tokens: int = Field(48, ge=1, le=MAX_NEW_TOKENS)
+    sweep: list[Strength] | None = Field(None, min_length=1, max_length=MAX_SWEEP, description="strengths for the "
+                                         "first edit, one steered generation each (instead of its own strength)")
 
 
 LIMITS = {"max_chars": MAX_CHARS, "max_texts": MAX_TEXTS, "max_top": MAX_TOP, "max_edits": MAX_EDITS,
           "max_strength": MAX_STRENGTH, "max_new_tokens": MAX_NEW_TOKENS, "max_tokens": MAX_TOKENS,
+          "max_sweep": MAX_SWEEP,
           "max_body": MAX_BODY}

@@ -1,0 +1,107 @@
+"""Automatic feature labels: what they say, that builds store them, that older stores get them."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from qscope import SAE, SAEConfig
+from qscope.features.labels import AUTO, auto_label, context_kind
+from qscope.features.store import FeatureStore, build_store
+from tiny import SENTENCES, tiny_lm
+
+FRENCH = "Le chat est sur la table et il dort avec le chien de la maison."
+
+
+def test_auto_label_names_tokens_language_and_code():
+    label = auto_label([" de", " la", " de", "\n", " De"], [" les", " des", " les", ""], ["fr", "fr", "fr", "en"],
+                       ["multilingual"] * 4)
+    assert label == "French text; fires on de, la, ↵; promotes les, des"
+    assert context_kind(["en", "en", "und"], ["code", "code", "brown"]) == "code"
+    assert context_kind(["en", "fr"], ["brown", "code"]) is None  # no majority: nothing claimed
+    assert auto_label([], []) == "never fired"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    lm = tiny_lm("llama", seed=3)
+    sae = SAE.random(SAEConfig(d_model=lm.d_model, d_sae=64, k=6, layer=2), seed=1)
+    texts = [("brown", t) for t in SENTENCES] + [("multilingual", FRENCH)] * 3
+    path = tmp_path_factory.mktemp("labels") / "s.sqlite"
+    return build_store(lm, sae, texts, path, layer=2, max_length=32, batch_size=4)
+
+
+def test_build_stores_a_label_for_every_feature(built):
+    rows = dict(sqlite3.connect(built.path).execute("SELECT feature, text FROM labels"))
+    assert sorted(rows) == list(range(built.d_sae))
+    fired = built.top_features_by_density(1)[0].feature
+    dash = built.dashboard(fired)
+    assert dash.label == rows[fired] == dash.auto_label and dash.label_source == AUTO
+    top_token = dash.top[0].tokens[dash.top[0].focus].strip()
+    assert top_token and top_token in dash.label  # names a token it fires on
+
+
+def test_explanation_replaces_label_and_search_covers_both(built):
+    fired = [s.feature for s in built.top_features_by_density(3)]
+    built.add_explanation(fired[0], "felines on rugs", "manual")
+    labels = built.labels(fired)
+    assert (labels[fired[0]].text, labels[fired[0]].source) == ("felines on rugs", "manual")
+    assert labels[fired[1]].source == AUTO and labels[fired[1]].text == built.auto_labels()[fired[1]]
+    assert [(e.feature, e.source) for e in built.search_labels("FELINES")] == [(fired[0], "manual")]
+    word = built.auto_labels()[fired[1]].split("fires on ")[-1].split(",")[0].split(";")[0]
+    hits = built.search_labels(word)
+    assert (fired[1], AUTO) in [(e.feature, e.source) for e in hits]
+    assert all(word.lower() in e.text.lower() for e in hits)
+
+
+def test_store_without_labels_still_opens_and_gets_them(built, tmp_path):
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(built.path) as src, sqlite3.connect(old) as dst:
+        src.backup(dst)
+    with sqlite3.connect(old) as conn:
+        conn.execute("DROP TABLE labels")  # as a store built before labels existed
+    with FeatureStore(old) as store:
+        assert store.auto_labels() == built.auto_labels()
+    assert len(dict(sqlite3.connect(old).execute("SELECT feature, text FROM labels"))) == built.d_sae  # written back
+
+
+def test_explain_all_batches_resumes_and_stores_the_source(built, monkeypatch):
+    """`explain --all` through the openai client against a stand-in server: every fired feature
+    once, the model's name as source, a rerun asks for nothing new."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from qscope.features.explain import explain_all
+
+    asked = []
+
+    class Fake(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append(body["model"])
+            data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": "tiny pattern"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    try:
+        fired = int((built.feature_table()["fires"] > 0).sum())
+        seen = []
+        added = explain_all(built, url, "llm-a", batch_size=3, progress=lambda n, total: seen.append((n, total)))
+        assert len(added) == len(asked) == fired and seen[-1] == (fired, fired)
+        assert {e.source for e in added} == {"llm-a"} and built.labels([added[0].feature])[added[0].feature].source == "llm-a"
+        assert explain_all(built, url, "llm-a") == [] and len(asked) == fired  # resumed: nothing asked again
+    finally:
+        server.shutdown()
