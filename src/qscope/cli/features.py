@@ -259,14 +259,13 @@ def explain_cmd(
 @app.command("export")
 def export_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    format: str = typer.Option("neuronpedia", "--format", help="neuronpedia (an import folder) or saedashboard "
-                               "(one HTML page per feature, drawn by the sae-dashboard package)."),
+    format: str = typer.Option("neuronpedia", "--format", help="neuronpedia: a Neuronpedia import folder."),
     store: Optional[Path] = StoreOpt,
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
     features: Optional[str] = typer.Option(None, "--features", help="Comma-separated feature ids (default: every "
-                                           "feature that fired; saedashboard: the 20 densest)."),
+                                           "feature that fired)."),
     model_id: Optional[str] = typer.Option(None, "--model-id", help="Neuronpedia model id (default: the model's "
                                            "name in lowercase, e.g. smollm2-135m-instruct)."),
     source_set: str = typer.Option("qscope-res", "--source-set", help="Neuronpedia source set; the source id is "
@@ -280,10 +279,10 @@ def export_cmd(
                                                     "(likewise)."),
     json: JsonOpt = False,
 ) -> None:
-    """Export a feature store to the formats the field's viewers read.
+    """Export a feature store to the format Neuronpedia imports.
 
     neuronpedia: features, activations and explanations as a Neuronpedia import folder
-    (<out>/<model id>/<layer>-<source set>/). saedashboard: SAEDashboard's HTML feature pages.
+    (<out>/<model id>/<layer>-<source set>/), the layout a Neuronpedia instance's importer reads.
 
     Example: qscope features export --layer 15 --format neuronpedia -o np_export
     """
@@ -299,13 +298,8 @@ def export_cmd(
                                        neurons_per_layer=neurons_per_layer)
             folder = export_neuronpedia(st, out, target, wanted)
             files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-        elif format == "saedashboard":
-            from ..features.saedashboard import export_saedashboard
-
-            folder = export_saedashboard(st, out, wanted)
-            files = sorted(p.name for p in folder.glob("*.html"))
         else:
-            raise QScopeError(f"--format {format!r}: expected neuronpedia or saedashboard")
+            raise QScopeError(f"--format {format!r}: expected neuronpedia")
     if json:
         emit_json({"format": format, "folder": str(folder), "files": files})
         return
