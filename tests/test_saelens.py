@@ -81,3 +81,14 @@ def test_saelens_folder_loads_in_qscope(tmp_path, kind, cfg):
         codes = theirs.encode(x)
         assert torch.allclose(ours.encode(x), codes, atol=1e-5)
         assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+
+
+def test_shipped_sae_loads_in_saelens():
+    from qscope.sae.registry import default_sae_root
+
+    theirs = sae_lens.SAE.load_from_disk(default_sae_root() / "layer15", dtype="float32")
+    ours = SAE.load("default", layer=15)
+    assert type(theirs).__name__ == "TopKSAE" and theirs.cfg.k == 50 and not theirs.cfg.apply_b_dec_to_input
+    x = torch.randn(32, ours.cfg.d_model, generator=torch.Generator().manual_seed(0)) * 5
+    with torch.no_grad():
+        assert torch.allclose(theirs.encode(x), ours.encode(x), atol=1e-4)
