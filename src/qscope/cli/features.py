@@ -275,3 +275,65 @@ def explain_cmd(
                     console.print(f"feature {f}: {e.text}  [dim]({e.source})[/]", highlight=False)
     if json:
         emit_json([e.to_dict() for e in done])
+
+
+@app.command("export")
+def export_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    format: str = typer.Option("neuronpedia", "--format", help="neuronpedia: a Neuronpedia import folder."),
+    store: Optional[Path] = StoreOpt,
+    model: ModelOpt = "default",
+    sae: SaeOpt = "default",
+    layer: LayerOpt = None,
+    features: Optional[str] = typer.Option(None, "--features", help="Comma-separated feature ids (default: every "
+                                           "feature that fired)."),
+    model_id: Optional[str] = typer.Option(None, "--model-id", help="Neuronpedia model id (default: the model's "
+                                           "name in lowercase, e.g. smollm2-135m-instruct)."),
+    source_set: str = typer.Option("qscope-res", "--source-set", help="Neuronpedia source set; the source id is "
+                                   "<layer>-<source set>."),
+    release: str = typer.Option("qscope", "--release", help="Neuronpedia release name."),
+    creator_id: Optional[str] = typer.Option(None, "--creator-id", help="Neuronpedia user id that owns the rows "
+                                             "(default: the bot user every Neuronpedia database is seeded with)."),
+    n_layers: Optional[int] = typer.Option(None, "--n-layers", min=1, help="The model's layer count (known for the "
+                                           "default model and Qwen-Scope models)."),
+    neurons_per_layer: Optional[int] = typer.Option(None, "--neurons-per-layer", min=1, help="The model's width "
+                                                    "(likewise)."),
+    json: JsonOpt = False,
+) -> None:
+    """Export a feature store to the format Neuronpedia imports.
+
+    neuronpedia: features, activations and explanations as a Neuronpedia import folder
+    (<out>/<model id>/<layer>-<source set>/), the layout a Neuronpedia instance's importer reads.
+
+    Example: qscope features export --layer 15 --format neuronpedia -o np_export
+    """
+    from ..errors import QScopeError
+
+    wanted = _feature_list(features)
+    with _open_store(store, model, sae, layer) as st:
+        if format == "neuronpedia":
+            from ..features.neuronpedia import NEURONPEDIA_BOT_USER, NeuronpediaTarget, default_model_id, export_neuronpedia
+
+            target = NeuronpediaTarget(model_id or default_model_id(st.meta["model"]), source_set, release,
+                                       creator_id=creator_id or NEURONPEDIA_BOT_USER, n_layers=n_layers,
+                                       neurons_per_layer=neurons_per_layer)
+            folder = export_neuronpedia(st, out, target, wanted)
+            files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        else:
+            raise QScopeError(f"--format {format!r}: expected neuronpedia")
+    if json:
+        emit_json({"format": format, "folder": str(folder), "files": files})
+        return
+    console.print(f"{folder}: {len(files)} files ({format})")
+
+
+def _feature_list(spec: Optional[str]) -> Optional[list[int]]:
+    """'1,2,3' -> [1, 2, 3]."""
+    from ..errors import QScopeError
+
+    if not spec:
+        return None
+    try:
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise QScopeError(f"--features {spec!r}: expected comma-separated feature ids, e.g. 12,345") from None

@@ -100,7 +100,26 @@ def read_saelens_folder(folder: Path) -> tuple[SAEConfig, State]:
     )
     if activation == "jumprelu" and "threshold" not in state and "log_threshold" in state:
         state["threshold"] = state.pop("log_threshold").exp()
-    return config, _check_state(folder, config, state)
+    normalize = _typed(where, cfg, "normalize_activations", str)
+    if normalize not in (None, "none"):
+        raise QScopeError(f"{where}: normalize_activations={normalize!r} is not supported (qscope encodes the raw "
+                          "residual); fold the normalisation into the weights first, or use an SAE saved with 'none'")
+    state = _check_state(folder, config, state)
+    if _typed(where, cfg, "rescale_acts_by_decoder_norm", bool):
+        state = _fold_decoder_norm(state)
+    return config, state
+
+
+def _fold_decoder_norm(state: State) -> State:
+    """SAELens' `rescale_acts_by_decoder_norm`: codes are `pre * ||W_dec[i]||` and decode divides by the
+    norm again. Scaling W_enc's columns and b_enc by the norms and W_dec's rows by their inverse gives the
+    same codes and reconstructions with the plain encode (SAELens' own `fold_W_dec_norm`)."""
+    norms = state["W_dec"].norm(dim=-1)
+    state = dict(state)
+    state["W_enc"] = state["W_enc"] * norms
+    state["b_enc"] = state["b_enc"] * norms
+    state["W_dec"] = state["W_dec"] / norms.unsqueeze(-1)
+    return state
 
 
 def read_sparsify_folder(folder: Path) -> tuple[SAEConfig, State]:

@@ -1,0 +1,1 @@
+"""Adapters that let other tools run qscope: lm-evaluation-harness (`qscope.integrations.lm_eval`)."""
