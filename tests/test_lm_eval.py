@@ -34,12 +34,13 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plain(files):
-    return QScopeLM(model=str(files / "model"), device="cpu", batch_size=2)
+    return QScopeLM(model=str(files / "model"), device="cpu", dtype="float32", batch_size=2)
 
 
 @pytest.fixture(scope="module")
 def steered(files):
-    return QScopeLM(model=str(files / "model"), sae=str(files / "sae"), steer=STEER, device="cpu", batch_size=2)
+    return QScopeLM(model=str(files / "model"), sae=str(files / "sae"), steer=STEER, device="cpu", dtype="float32",
+                    batch_size=2)
 
 
 def direct_loglikelihood(lm, context: str, continuation: str, steering=None) -> float:
@@ -95,7 +96,7 @@ def test_steered_generation_matches_qscope_generate(plain, steered):
 def test_generated_positions_leave_the_prompt_alone(files, plain):
     """positions=generated: log-likelihoods (one forward, all prompt) are the plain ones."""
     model = QScopeLM(model=str(files / "model"), sae=str(files / "sae"), steer=STEER, positions="generated",
-                     device="cpu", batch_size=2)
+                     device="cpu", dtype="float32", batch_size=2)
     assert loglikelihoods(model) == pytest.approx(loglikelihoods(plain), abs=1e-5)
 
 
