@@ -20,6 +20,7 @@ Every function raises `UnknownLanguage` (a `QScopeError`) for a language it cann
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -191,18 +192,13 @@ def code_switch_ratio(responses: Sequence[str], unwanted: str | Iterable[str]) -
 
 
 # ---------------------------------------------------------------------------- independent judge
-_LINGUA_DETECTOR = None
-
-
+@functools.lru_cache(maxsize=1)
 def _lingua():
     """The lingua detector over LANGS, built once (its n-gram models ship in the wheel)."""
-    global _LINGUA_DETECTOR
-    if _LINGUA_DETECTOR is None:
-        from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+    from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
 
-        langs = [Language.from_iso_code_639_1(getattr(IsoCode639_1, code.upper())) for code in LANGS]
-        _LINGUA_DETECTOR = LanguageDetectorBuilder.from_languages(*langs).build()
-    return _LINGUA_DETECTOR
+    langs = [Language.from_iso_code_639_1(getattr(IsoCode639_1, code.upper())) for code in LANGS]
+    return LanguageDetectorBuilder.from_languages(*langs).build()
 
 
 def judge_language(text: str) -> str:

@@ -88,9 +88,8 @@ def text_means(lm: LM, layer: int, texts: Sequence[str], batch_size: int = 8, ma
         mask = cap.mask.clone()
         if mask.shape[1] > 1:
             mask[:, 0] = False
-        mask = mask & (mask.sum(1, keepdim=True) > 0)  # a one-token text keeps position 0
         for row in range(mask.shape[0]):
-            m = mask[row] if mask[row].any() else cap.mask[row]
+            m = mask[row] if mask[row].any() else cap.mask[row]  # a one-token text keeps position 0
             rows.append(cap.acts[layer][row][m].float().mean(0).cpu())
     return torch.stack(rows)
 
