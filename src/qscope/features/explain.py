@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import QScopeError
-from .store import Example, Explanation, FeatureDashboard, FeatureStore
+from .store import FeatureStore
+from .store.results import Example, Explanation, FeatureDashboard
 
 OPEN, CLOSE = "<<", ">>"
 SYSTEM = ("You interpret features of a sparse autoencoder trained on a language model's activations. "
