@@ -7,6 +7,13 @@ from dataclasses import asdict, dataclass, field
 from ..labels import AUTO
 
 
+class AsDict:
+    """Results that leave as JSON (the web API, `--json`) as their fields."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class Example:
     """One context: tokens around `position` (the token the example is about) with the feature's
@@ -33,31 +40,27 @@ class Interval:
 
 
 @dataclass
-class Explanation:
+class Explanation(AsDict):
     id: int
     feature: int
     text: str
     source: str
     created_at: str
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
-class FeatureSummary:
+class FeatureSummary(AsDict):
     feature: int
     fires: int
     density: float
     max_act: float
     mean_act: float
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
-class FeatureDashboard:
+class FeatureDashboard(AsDict):
     feature: int
     layer: int
     model: str
@@ -80,8 +83,6 @@ class FeatureDashboard:
     label_source: str = AUTO  # that explanation's source, or "auto"
     auto_label: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
