@@ -14,7 +14,7 @@ import numpy as np
 from ...errors import QScopeError
 from ..labels import AUTO
 from .auto_labels import compute_auto_labels, write_labels
-from .layout import BINS_PER_INTERVAL, HIST_EDGES, N_INTERVALS, SCHEMA_VERSION, connect, now
+from .layout import BINS_PER_INTERVAL, HIST_EDGES, LEFT, N_INTERVALS, RIGHT, SCHEMA_VERSION, connect, now
 from .results import Example, Explanation, FeatureDashboard, FeatureSummary, Interval, Label
 
 BROWSE_ORDERS = ("frequent", "rare", "strongest", "random")
@@ -126,6 +126,19 @@ class FeatureStore:
             fires / max(m["tokens_done"], 1), text_fires / max(m["texts_done"], 1), max_act,
             sum_act / fires if fires else 0.0, histogram, top, intervals, promoted, suppressed, explanations,
             label.text, label.source, auto)
+
+    def random_windows(self, n: int, seed: int = 0) -> list[tuple[int, str]]:
+        """`n` (text index, excerpt) pairs: random windows of the stored texts, as wide as a stored
+        context, position 0 left out (what a feature does not fire on is sampled from these)."""
+        rng = np.random.default_rng(seed)
+        total = int(self.meta["texts_done"])
+        out = []
+        for idx in (rng.integers(0, total, n).tolist() if total else []):
+            tokens = json.loads(self.conn.execute("SELECT tokens FROM texts WHERE idx=?", (idx,)).fetchone()[0])
+            if len(tokens) > 1:
+                pos = int(rng.integers(1, len(tokens)))
+                out.append((idx, "".join(tokens[max(pos - LEFT, 1):pos + RIGHT + 1])))
+        return out
 
     def top_features_by_density(self, n: int = 20, lowest: bool = False, min_fires: int = 1) -> list[FeatureSummary]:
         """The most (or, with `lowest`, least) frequently firing features among those firing at least `min_fires` times."""
