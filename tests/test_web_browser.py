@@ -139,7 +139,7 @@ def test_histogram_ticks_and_detection_note(page, live_url):  # noqa: F811
     pg.goto(live_url + "/#/feature/2/7")
     pg.wait_for_selector("#histogram svg rect")
     for axis in ("x", "y"):
-        labels = [float(t.replace(",", "").replace("e+", "e")) for t in pg.locator(f"#histogram text.tick.{axis}").all_inner_texts()]
+        labels = [float(t.replace(",", "").replace("e+", "e")) for t in pg.locator(f"#histogram text.tick.{axis}").all_text_contents()]
         assert len(labels) >= 2 and labels == sorted(labels) and len(set(labels)) == len(labels), (axis, labels)
     assert "No LLM endpoint" in pg.inner_text("#detection")  # served without --endpoint: said, not failed
 
