@@ -478,8 +478,8 @@ pages.steer = (view, args, query) => {
   dirStrength.addEventListener("input", () => { if (dirStrength.value !== "") dirSlider.value = dirStrength.value; });
   const direction = h("div", { id: "direction" },
     h("p", { class: "muted" }, "diffmean steers along the difference of the mean residuals of the two sets; repe along their first principal component (texts paired in order, at least two each). The strength is how far the residual is pushed along that unit direction, in the units of a feature's add strength."),
-    h("div", { class: "row" }, h("div", { class: "col" }, h("label", { for: "st-pos-texts" }, "Towards (one text per line)"), h("textarea", { id: "st-pos-texts" }, q("ptexts", texts0.positive.join("\n")))),
-      h("div", { class: "col" }, h("label", { for: "st-neg-texts" }, "Away from (one text per line)"), h("textarea", { id: "st-neg-texts" }, q("ntexts", texts0.negative.join("\n"))))),
+    h("div", { class: "row" }, h("div", { class: "col" }, h("label", { for: "st-pos-texts" }, "Towards (one text per line)"), h("textarea", { id: "st-pos-texts", rows: 5 }, q("ptexts", texts0.positive.join("\n")))),
+      h("div", { class: "col" }, h("label", { for: "st-neg-texts" }, "Away from (one text per line)"), h("textarea", { id: "st-neg-texts", rows: 5 }, q("ntexts", texts0.negative.join("\n"))))),
     h("div", { class: "controls" }, "strength", dirStrength, dirSlider));
   const method = h("select", { id: "st-method", "aria-label": "steering method" }, [["sae", "SAE features"], ["diffmean", "diffmean direction"], ["repe", "repe direction"]]
     .map(([v, t]) => h("option", { value: v, selected: q("method", "sae") === v ? "" : null }, t)));
