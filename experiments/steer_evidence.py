@@ -169,7 +169,9 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out
     if args.report:
-        print(report(out, args.case or sorted(CASES)))
+        cases = args.case or sorted(CASES)
+        print(report(out, cases))
+        write_summary(out, cases)
         return
     control_seeds = [int(s) for s in args.control_seeds.split(",") if s.strip()]
 
@@ -179,7 +181,6 @@ def main() -> None:
     norm = mean_residual_norm(lm, args.layer, NEUTRAL_PROMPTS_LONG)
     rates = collect_stats(lm, sae, fr + en, args.layer, max_length=128).rate
     judges = {lang: (language_judge(lang), language_detector(lang)) for lang in ("en", "fr")}
-    summary = {}
     for name in args.case or sorted(CASES):
         case = CASES[name]
         positive, negative = (fr, en) if case["features"] == "french" else (en, fr)
@@ -210,12 +211,20 @@ def main() -> None:
         write_json(out / f"{name}.json", data, provenance=record(seeds={"repe_pairing": args.seed,
                                                                          "controls": control_seeds}))
         result.plot(out / f"{name}.png")
-        summary[name] = data["best_at_kl"]
         for row in data["best_at_kl"]:
             print(f"  KL <= {row['kl_budget']}: best {row['best']}", file=sys.stderr, flush=True)
-    old = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
-    old.pop("provenance", None)
-    write_json(out / "summary.json", {**old, **summary}, provenance=record(seeds=control_seeds))
+
+
+def write_summary(out: Path, cases: list[str]) -> None:
+    """summary.json: each case's best success within each KL budget, read from <case>.json (with
+    the provenance of the run that made it), so the summary never mixes runs silently."""
+    summary = {}
+    for name in cases:
+        path = out / f"{name}.json"
+        if path.exists():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            summary[name] = {"best_at_kl": data["best_at_kl"], "made_by": data.get("provenance")}
+    write_json(out / "summary.json", summary, provenance=record())
 
 
 if __name__ == "__main__":
