@@ -376,8 +376,8 @@ def test_grpo_groups_and_step(guided):
         assert sum(r.steered for r in group) == (1 if guided else 0)
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters() if p.requires_grad}
     reward = lambda prompt, text: float(len(text))  # noqa: E731  - varied rewards -> non-zero advantages
-    hist = grpo.train_grpo(lm, ["Hello", "The cat"], cfg, steps=1, reward_fn=reward)
-    assert hist[0]["n_steered"] == (2 if guided else 0)
+    res = grpo.train_grpo(lm, ["Hello", "The cat"], cfg, steps=1, reward_fn=reward)
+    assert res.final["n_steered"] == (2 if guided else 0) and res.to_dict()["config"]["group_size"] == 3
     after = dict(lm.model.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in before)
 

@@ -253,12 +253,12 @@ def grpo_cmd(
     cfg = GRPOConfig(group_size=group, prompts_per_step=per_step, max_new_tokens=tokens, lr=lr, kl_coef=kl, steer=steer)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("GRPO", total=steps)
-        hist = train_grpo(lm, ps, cfg, steps, callback=lambda s: bar.update(
+        res = train_grpo(lm, ps, cfg, steps, on_step=lambda s: bar.update(
             task, advance=1, description=f"GRPO reward={s['reward']:.3f} rep={s['repetition']:.3f}"))
     out.mkdir(parents=True, exist_ok=True)
     lm.model.save_pretrained(out / "model")
-    result = {"config": cfg.to_dict(), "history": hist, "out": str(out)}
+    result = {**res.to_dict(), "out": str(out)}
     write_json(out / "history.json", result)
-    console.print(f"final rollout repetition {hist[-1]['repetition']:.3f}; saved to {out}")
+    console.print(f"final rollout repetition {res.final['repetition']:.3f}; saved to {out}")
     if json:
-        emit_json({k: v for k, v in result.items() if k != "history"} | {"final": hist[-1]})
+        emit_json({k: v for k, v in result.items() if k != "history"})
