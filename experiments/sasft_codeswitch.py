@@ -294,6 +294,7 @@ def main():
     print("features", {k: (v["features"], [round(a, 2) for a in v["alphas"]]) for k, v in feats_json["layers"].items()}, flush=True)
     switch_prompts = probe_switch_prompts(out, switcher, data, args.tokens)
     timings["features_and_probe"] = time.time() - t0 - timings["switcher"]
+    timings["cpu_until_cells"] = time.process_time()
     sft_data = ([SFTExample(p["prompt"], p["reference"]) for p in switch_prompts] + data["sft_en"] + data["zh_pairs"])
     print(f"SFT set: {len(switch_prompts)} switch prompts + {len(data['sft_en'])} English + {len(data['zh_pairs'])} Chinese pairs", flush=True)
     ul_ids = script_token_ids(AutoTokenizer.from_pretrained(switcher), data["zh_select"])
@@ -310,7 +311,7 @@ def main():
             if key in cells:
                 print("cached", key, cells[key]["code_switch_rate"], flush=True)
                 continue
-            t1 = time.time()
+            t1, c1 = time.time(), time.process_time()
             lm = load_model(str(switcher), dtype="float32")
             cfg = arm_config(arm, feats, ul_ids, seed, args)
             res = train_and_save(lm, saes, sft_data, cfg, out / "models" / f"{arm}_seed{seed}", key)
@@ -320,14 +321,15 @@ def main():
             (out / "responses" / f"{arm}_seed{seed}.json").write_text(json.dumps(responses, ensure_ascii=False, indent=1))
             cells[key] = {**cell, "train": {k: v for k, v in res.to_dict().items() if k != "history"},
                           "l_reduce_first_last": [res.history[0]["l_reduce"], res.final["l_reduce"]],
-                          "seconds_train": round(t_train), "seconds": round(time.time() - t1)}
+                          "seconds_train": round(t_train), "seconds": round(time.time() - t1),
+                          "cpu_seconds": round(time.process_time() - c1)}
             print("done", key, cell["code_switch_rate"], f"{time.time() - t1:.0f}s", flush=True)
     summary = {"setup": {**{k: v for k, v in vars(args).items() if k not in ("out", "threads")}, "lang": LANG, "lora_r": 16,
                          "sampling_seed": SAMPLING_SEED, "temperature": 0.8, "n_switch_prompts": len(switch_prompts),
                          "n_sft": len(sft_data), "n_sft_zh_ce_only": len(data["zh_pairs"])},
                "features": feats_json, **summarise(dict(cells), arms, seeds),
                "cells": {k: {kk: vv for kk, vv in v.items() if kk != "switched"} for k, v in cells.items()},
-               "timings_s": {**timings, "total": round(time.time() - t0)}}
+               "timings_s": {**timings, "total": round(time.time() - t0), "cpu_total": round(time.process_time())}}
     write_json(ROOT / f"docs/posttrain/{args.docs_name}.json", summary,
                provenance=record(seeds={"data": 0, "switcher": 0, "training": seeds, "probe_sampling": 7, "sampling": SAMPLING_SEED}))
     print(json.dumps({k: (round(v["rate_pooled"], 4), v["wilson95_pooled"]) for k, v in summary["arms"].items()}), flush=True)
