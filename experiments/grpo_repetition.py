@@ -79,9 +79,9 @@ def run_variant(args, variant, seed, sae, feats, train_ps, eval_ps, held_ppl) ->
     for start in range(0, args.steps, args.eval_every):
         n = min(args.eval_every, args.steps - start)
         history += train_grpo(lm, train_ps, cfg, n, optimizer=opt, start_step=start,
-                              callback=lambda s: print(seed, variant, s["step"], round(s["reward"], 3), round(s["repetition"], 3),
+                              on_step=lambda s: print(seed, variant, s["step"], round(s["reward"], 3), round(s["repetition"], 3),
                                                        s["repetition_steered"], round(s["kl"], 4), f"{time.time() - t1:.0f}s",
-                                                       flush=True))
+                                                       flush=True)).history
         rep, outs = greedy_rep(lm, eval_ps, args.eval_tokens)
         evals.append({"step": start + n, "greedy_repetition": rep})
         print(seed, variant, "eval", start + n, rep, flush=True)

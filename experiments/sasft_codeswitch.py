@@ -1,16 +1,48 @@
-"""SASFT vs plain SFT vs an unlikelihood baseline on an SFT set that teaches code-switching.
+"""SASFT against unexpected code-switching, set up as Qwen-Scope's L_reduce is (spec section 6).
 
-Setup (CPU scale): SmolLM2-135M-Instruct + LoRA; the SFT set pairs English "continue this text"
-instructions (Brown corpus) with English continuations, half of which slip into Chinese midway
-(HSK sentences from the `chinese` corpus). Language features: top-2 zh features by
-monolinguality at layer 24 (the only late layer with a shipped SAE), alpha = mean
-pre-activation on non-zh text. Metrics: code-switch ratio (any Chinese) over N sampled
-responses to held-out English prompts, and held-out English perplexity (Brown).
+Unwanted language L = Chinese (zh). Default model (SmolLM2-135M-Instruct), LoRA r=16 on
+q/k/v/o/up/down, lr 1e-3, batch 4, 128 tokens, 80 steps, fp32.
 
-    .venv/bin/python experiments/sasft_codeswitch.py            # cached per method, resumable
-    .venv/bin/python experiments/sasft_codeswitch.py --methods base,sft,unlikelihood,sasft_1e-3,sasft_1e-2,sasft_3e-2
-    .venv/bin/python experiments/sasft_codeswitch.py --layers 6,15,24 --n-features 8 --methods sft,sasft_1e-2 \
-        --out runs/posttrain/sasft-ml --docs-name sasft_codeswitch_multilayer   # more features, three layers
+0. The switching model. The base model almost never writes Chinese in reply to English prompts
+   (0 of 400 before), so there is nothing to reduce. A short LoRA SFT (seed 0, the same schedule)
+   on English "Continue this text" prompts whose responses slip into Chinese half the time makes
+   one that switches; merged, it is the starting point of every arm (`models/switcher`).
+1. Features (`choose_language_features`) on a SELECTION split (half, seeded) of corpus texts kept
+   apart from every prompt: zh (HSK) vs en (Brown) + fr/de/es/ru/ja/ko (multilingual); top-2 by
+   monolinguality on each of two adjacent late layers (23, 24); alpha = mean pre-activation on
+   the clean non-zh selection texts. The held-out half checks that the features still separate.
+2. SFT data (every arm trains on the same): (a) the switching model's own prompts where it
+   switches (sampled on a probe pool of English prompts), each with a clean English reference
+   answer; (b) ordinary English pairs; (c) Chinese prompts with Chinese answers. (a) and (b) must
+   be free of zh: SASFT's penalty and the unlikelihood term cover only them; (c) is CE only, so no
+   term ever pushes against tokens the CE teaches to be Chinese.
+3. Arms, each from the switching model, at training seeds 0,1,2 (LoRA init + batch order): plain
+   SFT; SASFT at lambda 1e-3 (the paper's value) and 1e-2; SFT + unlikelihood (weight 1) on
+   zh-script tokens. Reference row: the switching model itself.
+4. Evaluation on 400 held-out English prompts (never in selection, probe or training), 40
+   sampled tokens at T = 0.8 with one sampling seed (123) for every arm and seed, so responses
+   pair by (seed, prompt). Code-switch = any Han character (`contains_language`). Rates with
+   Wilson 95% intervals, per seed and pooled, mean and sd over seeds. Capability: ARC-Easy and
+   SciQ (200 items each, choice-text likelihood); held-out English (Brown) and Chinese (HSK)
+   perplexity, the latter to see that Chinese itself is kept.
+
+Pre-registered primary comparison (planned, not yet run): code-switch rate of SASFT lambda 1e-3
+vs plain SFT, exact McNemar test over the 1,200 (seed, prompt) pairs, two-sided. Secondary:
+SASFT 1e-2 vs SFT and unlikelihood vs SFT. The three p-values are Holm-corrected together.
+SASFT counts as reducing code-switching if its Holm-adjusted p < 0.05 AND its rate is below
+plain SFT's in every seed. Capability is reported, not tested.
+
+Prerequisite: an SAE for layer 23 (only 6/15/24 ship), trained with the recipe of
+docs/default-saes.md (`qscope train --model default --layers 23 ...`), passed as
+`--sae-path 23=<folder>`.
+
+    .venv/bin/python experiments/sasft_codeswitch.py --sae-path 23=runs/saes/layer23      # the full run
+    .venv/bin/python experiments/sasft_codeswitch.py --layers 24 --arms sft,sasft_1e-3 --seeds 0 --steps 2 \\
+        --n-eval 6 --n-probe 6 --n-ppl 4 --n-select 16 --bench arc_easy#4,sciq#4 --out runs/posttrain/sasft-smoke \\
+        --docs-name sasft_codeswitch_smoke                                                # a smoke run
+
+Each finished cell (arm x seed) is cached in <out>/cells.json and skipped on a rerun; the
+summary lands in docs/posttrain/<docs-name>.json with provenance.
 """
 
 from __future__ import annotations
@@ -19,187 +51,289 @@ import argparse
 import json
 import random
 import re
+import statistics
+import sys
 import time
 from itertools import islice
 from pathlib import Path
 
 import torch
-
-from qscope import load_model
-from qscope.data import iter_texts, pull_corpus, texts_by_language
-from qscope.io import write_json
-from qscope.metrics import text_perplexity
-from qscope.language import contains_language
-from qscope.posttrain import (SASFTPenalty, add_lora, build_sft_batch, estimate_alphas, monolinguality, script_token_ids,
-                              sft_step)
-from qscope.provenance import record
-from qscope.sae import SAE
+from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from steer_case_studies import JsonCache  # noqa: E402
+
+from qscope import load_model  # noqa: E402
+from qscope.data import iter_texts, pull_corpus, texts_by_language  # noqa: E402
+from qscope.errors import QScopeError  # noqa: E402
+from qscope.features.search import collect_stats  # noqa: E402
+from qscope.io import write_json  # noqa: E402
+from qscope.language import contains_language  # noqa: E402
+from qscope.metrics import text_perplexity  # noqa: E402
+from qscope.posttrain import (LanguageFeatureSet, SASFTConfig, SFTExample, choose_language_features, run_sasft,  # noqa: E402
+                              script_token_ids, selection_split)
+from qscope.provenance import record  # noqa: E402
+from qscope.sae import SAE  # noqa: E402
+from qscope.stats import mcnemar_exact, wilson_interval  # noqa: E402
+
+LANG = "zh"
+SAMPLING_SEED = 123
 
 
+# ---------------------------------------------------------------------- data
 def sentences(text: str, zh: bool = False) -> list[str]:
     parts = re.split(r"(?<=[。！？])" if zh else r"(?<=[.!?])\s+", text)
     return [p.strip() for p in parts if p.strip()]
 
 
-def build_data(seed: int = 0):
+def build_data(n_eval: int, n_probe: int, n_ppl: int, n_select: int = 120, seed: int = 0) -> dict:
+    """Disjoint splits: corpus texts for feature selection; English items for the switching
+    model's training, the probe pool, the SFT set, evaluation and perplexity; Chinese docs for
+    feature selection, the SFT set and perplexity."""
     rng = random.Random(seed)
-    brown = list(islice(iter_texts("brown"), 1500))
-    zh_docs = [t for t in islice(iter_texts("chinese"), 400)]
-    zh_sents = [s for t in zh_docs for s in sentences(t, zh=True) if 6 <= len(s) <= 40]
-    en_items = []
-    for t in brown:
-        ss = [s for s in sentences(t) if 6 <= len(s.split()) <= 20]
-        if len(ss) >= 3:
-            en_items.append(ss)
-    rng.shuffle(en_items)
-    held_ppl = [" ".join(ss) for ss in en_items[:40]]
-    eval_items, train_items = en_items[40:440], en_items[440:]
-    train = []
-    for i, ss in enumerate(train_items[:600]):
-        prompt = f"Continue this text: {ss[0]}"
-        resp = ss[1]
-        if i % 2 == 0:  # slip into Chinese midway
-            resp = resp + " " + "".join(rng.sample(zh_sents, 2))
-        else:
-            resp = resp + " " + ss[2]
-        train.append((prompt, resp))
-    eval_prompts = [f"Continue this text: {ss[0]}" for ss in eval_items]
-    return train, eval_prompts, held_ppl, zh_docs, brown
+    brown = list(islice(iter_texts("brown"), 3000))
+    rng.shuffle(brown)
+    en_select, brown = [t[:600] for t in brown[:n_select]], brown[120:]
+    items = [ss for t in brown if len(ss := [s for s in sentences(t) if 6 <= len(s.split()) <= 20]) >= 3]
+    zh_docs = list(islice(iter_texts("chinese"), 1000))
+    rng.shuffle(zh_docs)
+    zh_select, zh_ppl, zh_rest = [t[:300] for t in zh_docs[:n_select]], zh_docs[120:120 + n_ppl], zh_docs[160:]
+    zh_sents = [s for t in zh_rest[:300] for s in sentences(t, zh=True) if 6 <= len(s) <= 40]
+    zh_pairs = [SFTExample(f"继续写这段文字：{a}", b + c) for a, b, c in zip(zh_sents[0::3], zh_sents[1::3], zh_sents[2::3])][:150]
+    cuts = [("ppl", n_ppl), ("eval", n_eval), ("probe", n_probe), ("sft_en", 300), ("switch_train", 400)]
+    split, i = {}, 0
+    for name, n in cuts:
+        split[name], i = items[i:i + n], i + n
+    if len(split["switch_train"]) < 400:
+        raise QScopeError(f"Brown gave {len(items)} usable items; the splits need {i}")
+    prompt = lambda ss: f"Continue this text: {ss[0]}"  # noqa: E731
+    switch_train = [(prompt(ss), ss[1] + " " + ("".join(rng.sample(zh_sents, 2)) if k % 2 == 0 else ss[2]))
+                    for k, ss in enumerate(split["switch_train"])]
+    return {"en_select": en_select, "zh_select": zh_select, "switch_train": switch_train,
+            "probe": [(prompt(ss), ss[1] + " " + ss[2]) for ss in split["probe"]],
+            "sft_en": [SFTExample(prompt(ss), ss[1] + " " + ss[2]) for ss in split["sft_en"]], "zh_pairs": zh_pairs,
+            "eval_prompts": [prompt(ss) for ss in split["eval"]], "ppl_en": [" ".join(ss) for ss in split["ppl"]],
+            "ppl_zh": zh_ppl}
 
 
-def sample(lm, prompts, n_tokens, seed, batch=50):
+def sample(lm, prompts: list[str], n_tokens: int, seed: int, batch: int = 50) -> list[str]:
     outs = []
     for i in range(0, len(prompts), batch):
-        outs += lm.generate(prompts[i:i + batch], max_new_tokens=n_tokens, chat=True, do_sample=True, temperature=0.8, seed=seed + i)
+        outs += lm.generate(prompts[i:i + batch], max_new_tokens=n_tokens, chat=True, do_sample=True, temperature=0.8,
+                            seed=seed + i)
     return outs
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=80)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--n-eval", type=int, default=400)
-    ap.add_argument("--tokens", type=int, default=40)
-    ap.add_argument("--layers", default="24")
-    ap.add_argument("--n-features", type=int, default=2, help="zh features per layer (top by monolinguality)")
-    ap.add_argument("--methods", default="base,sft,unlikelihood,sasft_1e-3,sasft_1e-2")
-    ap.add_argument("--out", default=str(ROOT / "runs/posttrain/sasft"))
-    ap.add_argument("--max-length", type=int, default=128, help="training tokens per example")
-    ap.add_argument("--docs-name", default="sasft_codeswitch", help="basename of the JSON written under docs/posttrain")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--bench", default="arc_easy#200", help="capability check: benchmark[#items], '' to skip")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train, eval_prompts, held_ppl, zh_docs, brown = build_data()
-    eval_prompts = eval_prompts[: args.n_eval]
-    layers = [int(x) for x in args.layers.split(",")]
-    t0 = time.time()
+# ---------------------------------------------------------------------- stages
+def train_and_save(lm, saes, examples, cfg: SASFTConfig, folder: Path, label: str):
+    """run_sasft, merge the adapters, save a plain checkpoint (for `qscope evals accuracy` too)."""
+    res = run_sasft(lm, saes, examples, cfg, on_step=lambda s: s["step"] % 10 == 0 and print(
+        label, s["step"], {k: round(v, 4) for k, v in s.items() if k != "step"}, flush=True))
+    lm.model = lm.model.merge_and_unload()
+    lm.model.eval()
+    lm.name = str(folder)
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return res
 
-    feat_path = out / "features.json"
-    if feat_path.exists():
-        feats = json.loads(feat_path.read_text())
-    else:
+
+def switching_model(out: Path, data: dict, args) -> Path:
+    """Stage 0: a model that switches into Chinese (trained once, cached)."""
+    folder = out / "models" / "switcher"
+    if not (folder / "config.json").exists():
         lm = load_model("default", dtype="float32")
-        pull_corpus("multilingual")
-        other = texts_by_language("multilingual", limit=8)
-        by_lang = {"zh": zh_docs[:40], "en": brown[-60:][:40], **{code: other[code] for code in ("fr", "de", "es", "ru", "ja", "ko")}}
-        feats = {"layers": {}}
-        for layer in layers:
-            sae = SAE.load("default", layer=layer)
-            res = monolinguality(lm, sae, by_lang, "zh", top=args.n_features, layer=layer, max_length=64)
-            non_zh = [t for k, v in by_lang.items() if k != "zh" for t in v]
-            alphas = estimate_alphas(lm, sae, res.features, non_zh, layer=layer, max_length=64)
-            # typical pre-activation on the Chinese parts of the training responses, for scale
-            zh_pre = estimate_alphas(lm, sae, res.features, zh_docs[40:60], layer=layer, max_length=64)
-            feats["layers"][str(layer)] = {**res.to_dict(), "alphas": alphas.tolist(), "mean_pre_on_zh": zh_pre.tolist()}
-        write_json(feat_path, feats)
-        del lm
-    print("features", json.dumps(feats), flush=True)
-
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for method in args.methods.split(","):
-        if method in results:
-            print("cached", method, results[method]["code_switch_ratio"], flush=True)
-            continue
-        t1 = time.time()
-        lm = load_model("default", dtype="float32")
-        torch.manual_seed(0)
-        losses = []
-        if method != "base":
-            add_lora(lm, r=16, alpha=32, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"))
-            penalty = ul_ids = None
-            if method.startswith("sasft"):
-                lam = float(method.split("_")[1])
-                saes = {l: SAE.load("default", layer=l) for l in layers}
-                penalty = SASFTPenalty(lm, saes, {l: feats["layers"][str(l)]["features"] for l in layers},
-                                       {l: torch.tensor(feats["layers"][str(l)]["alphas"]) for l in layers}, lam=lam)
-            if method == "unlikelihood":
-                ul_ids = script_token_ids(lm.tokenizer, zh_docs[:200])
-            opt = torch.optim.AdamW([p for p in lm.model.parameters() if p.requires_grad], lr=args.lr)
-            rng = random.Random(1)
-            for step in range(args.steps):
-                pairs = rng.sample(train, args.batch)
-                batch = build_sft_batch(lm.tokenizer, pairs, max_length=args.max_length)
-                s = sft_step(lm.model, batch, opt, penalty=penalty, unlikelihood_ids=ul_ids)
-                losses.append(s)
-                if step % 10 == 0:
-                    print(method, step, {k: round(v, 4) for k, v in s.items()}, f"{time.time() - t1:.0f}s", flush=True)
-            lm.model = lm.model.merge_and_unload()  # a plain checkpoint: saved for `qscope evals accuracy`
-            lm.model.eval()
-            lm.name = str(out / "models" / method)
-            lm.model.save_pretrained(lm.name)
-            lm.tokenizer.save_pretrained(lm.name)
-        responses = sample(lm, eval_prompts, args.tokens, seed=123)
-        n_switched = sum(contains_language(r, "zh") for r in responses)  # = code_switch_ratio(responses, "zh") * n
-        ratio = n_switched / len(responses)
-        ppl = text_perplexity(lm, held_ppl)
-        bench = capability(lm, args.bench) if args.bench else None
-        results[method] = {"code_switch_ratio": ratio, "n_switched": n_switched,
-                           "n_responses": len(responses), "heldout_ppl_en": ppl, "benchmark": bench,
-                           "final_losses": losses[-1] if losses else None,
-                           "mean_ce_last10": sum(x["ce"] for x in losses[-10:]) / 10 if losses else None,
-                           "seconds": round(time.time() - t1), "examples": responses[:4]}
-        (out / f"responses_{method}.json").write_text(json.dumps(responses, ensure_ascii=False, indent=1))
-        write_json(results_path, results)
-        print("done", method, ratio, ppl, flush=True)
-    summary = {"setup": {"steps": args.steps, "batch": args.batch, "lr": args.lr, "lora_r": 16, "layers": layers, "n_features": args.n_features,
-                         "n_train_pairs": len(train), "frac_train_with_zh": 0.5, "n_eval_prompts": len(eval_prompts),
-                         "max_new_tokens": args.tokens, "temperature": 0.8, "max_length": args.max_length},
-               "features": feats, "results": results}
-    if "sft" in results:
-        base = results["sft"]["code_switch_ratio"]
-        summary["relative_reduction_vs_sft"] = {m: (1 - r["code_switch_ratio"] / base) if base else None
-                                                for m, r in results.items() if m not in ("sft", "base")}
-        summary["fisher_p_vs_sft"] = {m: fisher_p(results["sft"], r) for m, r in results.items() if m != "sft"}
-    write_json(ROOT / f"docs/posttrain/{args.docs_name}.json", summary,
-               provenance=record(seeds={"data": 0, "init": 0, "batches": 1, "sampling": 123}))
-    print(json.dumps({m: (r["code_switch_ratio"], round(r["heldout_ppl_en"], 2)) for m, r in results.items()}), flush=True)
-    print(f"total {time.time() - t0:.0f}s")
+        cfg = SASFTConfig(lam=0.0, lr=args.lr, steps=args.steps, batch=args.batch, seed=0, max_length=args.max_length)
+        train_and_save(lm, {}, data["switch_train"], cfg, folder, "switcher")
+    return folder
 
 
-def fisher_p(a: dict, b: dict) -> float:
-    """Two-sided Fisher exact p for 'same code-switch rate' between two arms."""
-    from scipy.stats import fisher_exact
+def language_features(out: Path, switcher: Path, data: dict, saes: dict) -> dict:
+    """Stage 1: features + alphas on the selection half; activation check on the held-out half."""
+    path = out / "features.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    pull_corpus("multilingual")
+    other = texts_by_language("multilingual", limit=max(2, len(data["zh_select"]) // 8))
+    texts = {LANG: data["zh_select"], "en": data["en_select"], **{c: other[c] for c in ("fr", "de", "es", "ru", "ja", "ko")}}
+    selection, held_out = selection_split(texts, fraction=0.5, seed=0)
+    lm = load_model(str(switcher), dtype="float32")
+    chosen = choose_language_features(lm, saes, selection, LANG, top=2)
+    check = {}
+    for layer, sae in saes.items():
+        feats = chosen.features[layer]
+        on_l = collect_stats(lm, sae, held_out[LANG], layer, 8, 64).mean[feats]
+        off = torch.stack([collect_stats(lm, sae, v, layer, 8, 64).mean[feats] for k, v in held_out.items() if k != LANG and v])
+        check[str(layer)] = {"mean_act_zh": on_l.tolist(), "mean_act_others": off.mean(0).tolist()}
+    result = {**chosen.to_dict(), "held_out_check": check,
+              "n_selection": {k: len(v) for k, v in selection.items()}, "n_held_out": {k: len(v) for k, v in held_out.items()}}
+    write_json(path, result, provenance=record(seeds={"selection_split": 0}))
+    return result
 
-    table = [[a["n_switched"], a["n_responses"] - a["n_switched"]], [b["n_switched"], b["n_responses"] - b["n_switched"]]]
-    return float(fisher_exact(table).pvalue)
+
+def probe_switch_prompts(out: Path, switcher: Path, data: dict, n_tokens: int) -> list[dict]:
+    """The switching model's own English prompts where it writes Chinese (cached)."""
+    path = out / "switch_prompts.json"
+    if path.exists():
+        return json.loads(path.read_text())["prompts"]
+    lm = load_model(str(switcher), dtype="float32")
+    responses = sample(lm, [p for p, _ in data["probe"]], n_tokens, seed=7)
+    found = [{"prompt": p, "reference": ref, "switched_response": r}
+             for (p, ref), r in zip(data["probe"], responses) if contains_language(r, LANG)]
+    write_json(path, {"n_probe": len(responses), "prompts": found}, provenance=record(seeds={"probe_sampling": 7}))
+    return found
+
+
+def arm_config(arm: str, feats: LanguageFeatureSet, ul_ids: list[int], seed: int, args) -> SASFTConfig:
+    common = dict(lang=LANG, lr=args.lr, steps=args.steps, batch=args.batch, seed=seed, max_length=args.max_length)
+    if arm == "sft":
+        return SASFTConfig(lam=0.0, **common)
+    if arm == "unlikelihood":
+        return SASFTConfig(lam=0.0, unlikelihood_weight=1.0, unlikelihood_ids=ul_ids, **common)
+    if arm.startswith("sasft_"):
+        return SASFTConfig(lam=float(arm.split("_", 1)[1]), features=feats.features, alphas=feats.alphas, **common)
+    raise QScopeError(f"unknown arm {arm!r} (sft, unlikelihood, sasft_<lambda>)")
+
+
+def evaluate_cell(lm, data: dict, args) -> tuple[dict, list[str]]:
+    responses = sample(lm, data["eval_prompts"], args.tokens, seed=SAMPLING_SEED)
+    switched = [contains_language(r, LANG) for r in responses]
+    k, n = sum(switched), len(switched)
+    cell = {"n_switched": k, "n_responses": n, "code_switch_rate": k / n, "wilson95": wilson_interval(k, n),
+            "switched": switched, "ppl_en": text_perplexity(lm, data["ppl_en"]), "ppl_zh": text_perplexity(lm, data["ppl_zh"]),
+            "bench": {spec.partition("#")[0]: capability(lm, spec) for spec in filter(None, args.bench.split(","))},
+            "examples": responses[:4]}
+    return cell, responses
 
 
 def capability(lm, spec: str) -> dict:
-    """Accuracy on a small benchmark (choice-text likelihood), cached per checkpoint name."""
+    """Accuracy on a benchmark (choice-text likelihood), `name#items`."""
     from qscope.evals.accuracy import evaluate
     from qscope.evals.benchmarks import load_benchmark
 
     name, _, n = spec.partition("#")
-    items = load_benchmark(name, limit=int(n) if n else None, seed=0)
-    res = evaluate(lm, items, benchmark=name)
-    return {"name": name, "n_items": res.n_items, "accuracy": res.accuracy}
+    res = evaluate(lm, load_benchmark(name, limit=int(n) if n else None, seed=0), benchmark=name)
+    return {"n_items": res.n_items, "accuracy": res.accuracy, "wilson95": wilson_interval(round(res.accuracy * res.n_items), res.n_items)}
+
+
+# ---------------------------------------------------------------------- summary
+def summarise(cells: dict, arms: list[str], seeds: list[int]) -> dict:
+    from statsmodels.stats.multitest import multipletests
+
+    per_arm = {}
+    for arm in ["switcher", *arms]:
+        mine = [cells[key] for key in (["switcher"] if arm == "switcher" else [f"{arm}/seed{s}" for s in seeds]) if key in cells]
+        if not mine:
+            continue
+        rates = [c["code_switch_rate"] for c in mine]
+        k, n = sum(c["n_switched"] for c in mine), sum(c["n_responses"] for c in mine)
+        spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
+        per_arm[arm] = {"seeds": len(mine), "rate_per_seed": rates, "rate_pooled": k / n, "wilson95_pooled": wilson_interval(k, n),
+                        "rate_mean": statistics.mean(rates), "rate_sd": spread(rates),
+                        "ppl_en_mean": statistics.mean(c["ppl_en"] for c in mine), "ppl_zh_mean": statistics.mean(c["ppl_zh"] for c in mine),
+                        "bench": {b: {"mean": statistics.mean(c["bench"][b]["accuracy"] for c in mine),
+                                      "sd": spread([c["bench"][b]["accuracy"] for c in mine])} for b in mine[0]["bench"]}}
+    comparisons = {}
+    for arm in [a for a in arms if a != "sft"]:
+        pairs = [(cells[f"sft/seed{s}"]["switched"], cells[f"{arm}/seed{s}"]["switched"]) for s in seeds
+                 if f"sft/seed{s}" in cells and f"{arm}/seed{s}" in cells]
+        if pairs:
+            test = mcnemar_exact([x for a, _ in pairs for x in a], [x for _, b in pairs for x in b])
+            lower = all(sum(b) < sum(a) for a, b in pairs)
+            comparisons[f"{arm} vs sft"] = {**test, "n_pairs": sum(len(a) for a, _ in pairs), "lower_in_every_seed": lower}
+    if comparisons:
+        adjusted = multipletests([c["p"] for c in comparisons.values()], method="holm")[1]
+        for c, p in zip(comparisons.values(), adjusted):
+            c["p_holm"] = float(p)
+    primary = comparisons.get("sasft_1e-3 vs sft")
+    verdict = None if primary is None or len(seeds) < 3 else bool(primary["p_holm"] < 0.05 and primary["lower_in_every_seed"])
+    return {"arms": per_arm, "comparisons": comparisons, "primary": "sasft_1e-3 vs sft", "primary_reduces_switching": verdict}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arms", default="sft,sasft_1e-3,sasft_1e-2,unlikelihood")
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds (LoRA init + batch order)")
+    ap.add_argument("--layers", default="23,24", help="two adjacent late layers, as in the paper")
+    ap.add_argument("--sae-path", action="append", default=[], help="LAYER=FOLDER for a layer without a shipped SAE")
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--max-length", type=int, default=128, help="training tokens per example")
+    ap.add_argument("--n-eval", type=int, default=400)
+    ap.add_argument("--n-probe", type=int, default=300, help="English prompts searched for the switching model's switches")
+    ap.add_argument("--n-ppl", type=int, default=40, help="held-out texts per perplexity (en and zh)")
+    ap.add_argument("--n-select", type=int, default=120, help="zh and en corpus texts for the feature selection split")
+    ap.add_argument("--tokens", type=int, default=40)
+    ap.add_argument("--bench", default="arc_easy#200,sciq#200", help="capability: benchmark#items, comma-separated")
+    ap.add_argument("--out", default=str(ROOT / "runs/posttrain/sasft-l-reduce"))
+    ap.add_argument("--docs-name", default="sasft_l_reduce")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    arms, seeds = args.arms.split(","), [int(s) for s in args.seeds.split(",")]
+    layers = [int(x) for x in args.layers.split(",")]
+    paths = dict(item.split("=", 1) for item in args.sae_path)
+    shipped = {6, 15, 24}
+    missing = [layer for layer in layers if str(layer) not in paths and layer not in shipped]
+    if missing:
+        raise QScopeError(f"no SAE for layer(s) {missing}: train one (docs/default-saes.md recipe, --layers {missing[0]}) "
+                          f"and pass --sae-path {missing[0]}=<folder>")
+    saes = {layer: SAE.load(paths.get(str(layer), "default"), layer=layer) for layer in layers}
+    t0 = time.time()
+    data = build_data(args.n_eval, args.n_probe, args.n_ppl, args.n_select)
+    timings = {}
+    switcher = switching_model(out, data, args)
+    timings["switcher"] = time.time() - t0
+    feats_json = language_features(out, switcher, data, saes)
+    feats = LanguageFeatureSet.from_dict(feats_json)
+    print("features", {k: (v["features"], [round(a, 2) for a in v["alphas"]]) for k, v in feats_json["layers"].items()}, flush=True)
+    switch_prompts = probe_switch_prompts(out, switcher, data, args.tokens)
+    timings["features_and_probe"] = time.time() - t0 - timings["switcher"]
+    timings["cpu_until_cells"] = time.process_time()
+    sft_data = ([SFTExample(p["prompt"], p["reference"]) for p in switch_prompts] + data["sft_en"] + data["zh_pairs"])
+    print(f"SFT set: {len(switch_prompts)} switch prompts + {len(data['sft_en'])} English + {len(data['zh_pairs'])} Chinese pairs", flush=True)
+    ul_ids = script_token_ids(AutoTokenizer.from_pretrained(switcher), data["zh_select"])
+
+    cells = JsonCache(out / "cells.json")
+    if "switcher" not in cells:
+        t1 = time.time()
+        lm = load_model(str(switcher), dtype="float32")
+        cell, responses = evaluate_cell(lm, data, args)
+        cells["switcher"] = {**cell, "seconds": round(time.time() - t1)}
+    for arm in arms:
+        for seed in seeds:
+            key = f"{arm}/seed{seed}"
+            if key in cells:
+                print("cached", key, cells[key]["code_switch_rate"], flush=True)
+                continue
+            t1, c1 = time.time(), time.process_time()
+            lm = load_model(str(switcher), dtype="float32")
+            cfg = arm_config(arm, feats, ul_ids, seed, args)
+            res = train_and_save(lm, saes, sft_data, cfg, out / "models" / f"{arm}_seed{seed}", key)
+            t_train = time.time() - t1
+            cell, responses = evaluate_cell(lm, data, args)
+            (out / "responses").mkdir(exist_ok=True)
+            (out / "responses" / f"{arm}_seed{seed}.json").write_text(json.dumps(responses, ensure_ascii=False, indent=1))
+            cells[key] = {**cell, "train": {k: v for k, v in res.to_dict().items() if k != "history"},
+                          "l_reduce_first_last": [res.history[0]["l_reduce"], res.final["l_reduce"]],
+                          "seconds_train": round(t_train), "seconds": round(time.time() - t1),
+                          "cpu_seconds": round(time.process_time() - c1)}
+            print("done", key, cell["code_switch_rate"], f"{time.time() - t1:.0f}s", flush=True)
+    summary = {"setup": {**{k: v for k, v in vars(args).items() if k not in ("out", "threads")}, "lang": LANG, "lora_r": 16,
+                         "sampling_seed": SAMPLING_SEED, "temperature": 0.8, "n_switch_prompts": len(switch_prompts),
+                         "n_sft": len(sft_data), "n_sft_zh_ce_only": len(data["zh_pairs"])},
+               "features": feats_json, **summarise(dict(cells), arms, seeds),
+               "cells": {k: {kk: vv for kk, vv in v.items() if kk != "switched"} for k, v in cells.items()},
+               "timings_s": {**timings, "total": round(time.time() - t0), "cpu_total": round(time.process_time())}}
+    write_json(ROOT / f"docs/posttrain/{args.docs_name}.json", summary,
+               provenance=record(seeds={"data": 0, "switcher": 0, "training": seeds, "probe_sampling": 7, "sampling": SAMPLING_SEED}))
+    print(json.dumps({k: (round(v["rate_pooled"], 4), v["wilson95_pooled"]) for k, v in summary["arms"].items()}), flush=True)
+    print(f"total {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from qscope.posttrain import grpo, language, repetition
-from qscope.posttrain.sasft import SASFTPenalty, SASFTTrainer, build_sft_batch, response_mask, sft_step, unlikelihood_loss
+from qscope.posttrain.sasft import (SASFTConfig, SASFTPenalty, SASFTTrainer, SFTExample, build_sft_batch, model_inputs,
+                                   penalty_mask, resolve_examples, response_mask, run_sasft, sft_step, unlikelihood_loss)
 from qscope.sae import SAE, SAEConfig
 from tests.tiny import SENTENCES, tiny_lm
 
@@ -42,7 +43,7 @@ def test_penalty_matches_hand_computation():
     batch = _batch(lm)
     ce, value, out = pen(lm.model, batch)
     # hand computation from hidden_states (layer n = hidden_states[n+1])
-    hs = lm.model(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True).hidden_states
+    hs = lm.model(**{k: v for k, v in model_inputs(batch).items() if k != "labels"}, output_hidden_states=True).hidden_states
     mask = (batch["labels"] != -100) & batch["attention_mask"].bool()
     total = 0.0
     count = 0
@@ -130,6 +131,97 @@ def test_unlikelihood_loss_value():
     assert unlikelihood_loss(logits, labels, [0, 1]).item() == pytest.approx(-torch.log(torch.tensor(0.5)).item())
 
 
+ZH = "我们今天去公园散步。"
+
+
+def test_penalty_mask_excludes_tokens_taught_to_be_the_language():
+    lm = tiny_lm()
+    examples = resolve_examples([("Say hi.", "The cat sat on the mat."), ("Chinese?", ZH),
+                                 SFTExample("Mixed?", "A dog ran. " + ZH, penalise=False)], lang="zh")
+    assert [ex.penalise for ex in examples] == [True, False, False]
+    with pytest.raises(Exception, match="contains zh"):
+        resolve_examples([SFTExample("Mixed?", "A dog ran. " + ZH, penalise=True)], lang="zh")
+    batch = build_sft_batch(lm.tokenizer, examples, max_length=64, chat=False)
+    resp, pen_mask = response_mask(batch), penalty_mask(batch)
+    assert resp[1].any() and resp[2].any()  # the CE does train on the zh responses ...
+    assert not pen_mask[1:].any()  # ... the penalty never covers them
+    assert torch.equal(pen_mask[0], resp[0])
+    # the penalty value is the mean excess over the penalised row only, not over every response token
+    pen = SASFTPenalty(lm, {1: _sae(lm, 1)}, {1: [0, 1, 2, 3]}, {1: -10.0}, lam=1.0)
+    _, value, _ = pen(lm.model, batch)
+    per_tok = pen.excess(1, pen._hidden[1])
+    assert value.item() == pytest.approx(per_tok[pen_mask].mean().item(), rel=1e-5)
+    grad = torch.autograd.grad(value, pen._hidden[1])[0]
+    assert grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0  # no push on the zh responses' residuals
+    # the unlikelihood baseline covers the same rows
+    opt = torch.optim.SGD(lm.model.parameters(), lr=0.0)
+    ids = list(range(100, 300))
+    stats = sft_step(lm.model, batch, opt, unlikelihood_ids=ids, ul_weight=1.0)
+    with torch.no_grad():
+        logits = lm.model(**model_inputs(batch)).logits
+    expected = unlikelihood_loss(logits, batch["labels"].masked_fill(~pen_mask, -100), ids)
+    assert stats["unlikelihood"] == pytest.approx(expected.item(), rel=1e-5)
+    assert stats["unlikelihood"] != pytest.approx(unlikelihood_loss(logits, batch["labels"], ids).item(), rel=1e-3)
+
+
+def _train_pairs():
+    return [(f"Say {i}.", s) for i, s in enumerate(SENTENCES)] + [("Chinese?", ZH)]
+
+
+def _run(lam, features=True, steps=4, seed=0):
+    lm = tiny_lm()
+    sae = _sae(lm, 1)
+    cfg = SASFTConfig(lam=lam, features={1: [0, 1, 2]} if features else {}, alphas={1: [-1.0] * 3} if features else {},
+                      lang="zh", lr=1e-2, steps=steps, batch=3, seed=seed, max_length=48, chat=False, lora_rank=0)
+    steps_seen = []
+    res = run_sasft(lm, {1: sae}, _train_pairs(), cfg, on_step=steps_seen.append)
+    assert len(steps_seen) == steps and res.history == steps_seen
+    return lm, sae, res
+
+
+def test_run_sasft_with_lambda_zero_is_plain_sft():
+    plain, _, res_plain = _run(0.0, features=False)
+    zero, _, res_zero = _run(0.0)
+    strong, _, _ = _run(1.0)
+    assert res_zero.n_penalised == res_plain.n_penalised == len(SENTENCES)  # the zh response is CE-only
+    assert res_zero.final["l_reduce"] > 0 and res_zero.final["penalty"] == 0.0
+    a, b, c = (dict(m.model.named_parameters()) for m in (plain, zero, strong))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a)
+    d = res_zero.to_dict()
+    assert d["config"]["features"] == {"1": [0, 1, 2]} and len(d["history"]) == 4
+
+
+def _mean_l_reduce(lm, sae):
+    pen = SASFTPenalty(lm, {1: sae}, {1: [0, 1, 2]}, {1: -1.0}, lam=1.0)
+    batch = build_sft_batch(lm.tokenizer, resolve_examples(_train_pairs(), "zh"), max_length=48, chat=False)
+    with torch.no_grad(), pen.capture():
+        lm.model(**model_inputs(batch))
+    return pen.last_reduce(penalty_mask(batch)).item()
+
+
+def test_sasft_lowers_the_penalised_feature_activations():
+    before = _mean_l_reduce(tiny_lm(), _sae(tiny_lm(), 1))
+    plain = _mean_l_reduce(*_run(0.0, steps=15)[:2])
+    sasft = _mean_l_reduce(*_run(1.0, steps=15)[:2])
+    assert before > 0
+    assert sasft < 0.5 * before and sasft < 0.5 * plain
+
+
+def test_choose_language_features_uses_clean_text_for_alphas():
+    lm = tiny_lm()
+    sae = _sae(lm, 1)
+    texts = {"zh": [ZH, "他们明天去学校。"], "en": SENTENCES[:4] + ["The cat " + ZH]}
+    selection, held_out = language.selection_split(texts, fraction=0.5, seed=0)
+    assert all(not set(selection[k]) & set(held_out[k]) for k in texts)
+    chosen = language.choose_language_features(lm, {1: sae}, texts, "zh", top=2)
+    assert chosen.n_alpha_texts == 4  # the en text with Chinese in it is not clean
+    expected = language.estimate_alphas(lm, sae, chosen.features[1], SENTENCES[:4], layer=1, max_length=64)
+    assert torch.allclose(torch.tensor(chosen.alphas[1]), expected, atol=1e-5)
+    again = language.LanguageFeatureSet.from_dict(chosen.to_dict())
+    assert again.features == chosen.features and again.alphas == chosen.alphas and again.lang == "zh"
+
+
 def test_sft_step_and_trainer_add_penalty(tmp_path):
     from transformers import TrainingArguments
 
@@ -145,7 +237,7 @@ def test_sft_step_and_trainer_add_penalty(tmp_path):
                              logging_steps=1, save_strategy="no", use_cpu=True)
     trainer = SASFTTrainer(model=lm.model, args=args, train_dataset=rows, penalty=pen)
     loss = trainer.compute_loss(lm.model, {k: v for k, v in batch.items()})
-    plain = lm.model(**batch).loss
+    plain = lm.model(**model_inputs(batch)).loss
     assert loss.item() == pytest.approx(plain.item() + trainer.last_penalty, rel=1e-5)
     assert trainer.last_penalty > 0
     # a loss normalised by num_items_in_batch is left unscaled by Trainer: the penalty is averaged over GA steps
@@ -284,8 +376,8 @@ def test_grpo_groups_and_step(guided):
         assert sum(r.steered for r in group) == (1 if guided else 0)
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters() if p.requires_grad}
     reward = lambda prompt, text: float(len(text))  # noqa: E731  - varied rewards -> non-zero advantages
-    hist = grpo.train_grpo(lm, ["Hello", "The cat"], cfg, steps=1, reward_fn=reward)
-    assert hist[0]["n_steered"] == (2 if guided else 0)
+    res = grpo.train_grpo(lm, ["Hello", "The cat"], cfg, steps=1, reward_fn=reward)
+    assert res.final["n_steered"] == (2 if guided else 0) and res.to_dict()["config"]["group_size"] == 3
     after = dict(lm.model.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in before)
 

@@ -51,27 +51,25 @@ def language_cmd(
     json: JsonOpt = False,
 ) -> None:
     """Language features by monolinguality (mean act on LANG - mean on the others) and their alphas
-    (mean pre-activation on the other languages).
+    (mean pre-activation on the other languages' texts that have no LANG in them). Give selection
+    texts only, never the ones you evaluate on.
 
     Example: qscope posttrain features language zh --texts zh=chinese,en=brown --layers 24 --out zh.json
     """
     from ..model import load_model
-    from ..posttrain import estimate_alphas, monolinguality
+    from ..posttrain import choose_language_features
     from ..sae import SAE
 
     by_lang = _texts_by_lang(texts, limit)
     with console.status("loading model"):
         lm = load_model(model)
-    result = {"lang": lang, "layers": {}}
-    for layer in _layers(layers):
-        sae_ = SAE.load(sae, layer=layer)
-        with console.status(f"layer {layer}: monolinguality"):
-            res = monolinguality(lm, sae_, by_lang, lang, top=top, layer=layer, max_length=64)
-            others = [t for k, v in by_lang.items() if k != lang for t in v]
-            alphas = estimate_alphas(lm, sae_, res.features, others, layer=layer, max_length=64)
-        result["layers"][str(layer)] = {**res.to_dict(), "alphas": alphas.tolist()}
+    saes = {layer: SAE.load(sae, layer=layer) for layer in _layers(layers)}
+    with console.status("monolinguality and alphas"):
+        chosen = choose_language_features(lm, saes, by_lang, lang, top=top, max_length=64)
+    for layer, res in chosen.layers.items():
         console.print(f"layer {layer}: features {res.features} nu={[round(s, 3) for s in res.scores]} "
-                      f"alpha={[round(a, 3) for a in alphas.tolist()]}")
+                      f"alpha={[round(a, 3) for a in chosen.alphas[layer]]}")
+    result = chosen.to_dict()
     if out:
         from ..io import write_json
         from ..provenance import record
@@ -133,9 +131,36 @@ def repetition_cmd(
         emit_json(result)
 
 
+def _sft_examples(data: Path) -> list:
+    """SFT examples from a jsonl of {"prompt", "response", optional "penalise"}."""
+    from ..errors import QScopeError
+    from ..posttrain import SFTExample
+
+    if not data.is_file():
+        raise QScopeError(f"{data}: no such file")
+    examples = []
+    with open(data, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                d = _json.loads(line)
+            except ValueError:
+                raise QScopeError(f"{data}:{i}: not valid JSON") from None
+            if not isinstance(d, dict) or "prompt" not in d or "response" not in d:
+                raise QScopeError(f"{data}:{i}: expected fields 'prompt' and 'response'")
+            if d.get("penalise") not in (None, True, False):
+                raise QScopeError(f"{data}:{i}: 'penalise' must be true or false")
+            examples.append(SFTExample(d["prompt"], d["response"], d.get("penalise")))
+    if not examples:
+        raise QScopeError(f"{data}: no pairs")
+    return examples
+
+
 @app.command("sasft")
 def sasft_cmd(
-    data: Path = typer.Argument(..., help="jsonl of {\"prompt\": ..., \"response\": ...} pairs."),
+    data: Path = typer.Argument(..., help="jsonl of {\"prompt\", \"response\"} (+ optional \"penalise\": true/false; "
+                                          "default: penalised iff the response has no text in the unwanted language)."),
     features: Path = typer.Option(..., help="JSON from `posttrain features language --out`."),
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
@@ -145,72 +170,46 @@ def sasft_cmd(
     lr: float = typer.Option(1e-3, help="Learning rate."),
     lora: int = typer.Option(16, min=0, help="LoRA rank (0 = full fine-tuning)."),
     max_length: int = typer.Option(128, min=1, help="Tokens per example."),
+    seed: int = typer.Option(0, help="Seed of the LoRA initialisation and the batch order."),
     out: Path = typer.Option(Path("sasft-out"), help="Output folder: adapter/model + train_log.json."),
     json: JsonOpt = False,
 ) -> None:
-    """Fine-tune with L = CE + lambda * mean_response_tokens sum_s ReLU(pre_s(h) - alpha_s).
+    """Fine-tune with L = CE + lambda * mean sum_s ReLU(pre_s(h) - alpha_s), the mean over the
+    tokens of responses that must be free of the unwanted language (never over responses in it).
 
     Example: qscope posttrain sasft pairs.jsonl --features zh.json --lam 1e-3 --steps 200 --out sasft-run
     """
-    import random
-
-    import torch
     from rich.progress import Progress
 
     from ..errors import QScopeError
     from ..io import write_json
     from ..model import load_model
-    from ..posttrain import SASFTPenalty, add_lora, build_sft_batch, sft_step
+    from ..posttrain import LanguageFeatureSet, SASFTConfig, run_sasft
+    from ..provenance import record
     from ..sae import SAE
 
-    for path in (data, features):
-        if not path.is_file():
-            raise QScopeError(f"{path}: no such file")
-    pairs = []
-    with open(data, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    d = _json.loads(line)
-                except ValueError:
-                    raise QScopeError(f"{data}:{i}: not valid JSON") from None
-                if not isinstance(d, dict) or "prompt" not in d or "response" not in d:
-                    raise QScopeError(f"{data}:{i}: expected fields 'prompt' and 'response'")
-                pairs.append((d["prompt"], d["response"]))
-    if not pairs:
-        raise QScopeError(f"{data}: no pairs")
+    examples = _sft_examples(data)
+    if not features.is_file():
+        raise QScopeError(f"{features}: no such file")
     try:
-        spec = _json.loads(features.read_text())["layers"]
-        for v in spec.values():
-            v["features"], v["alphas"]  # noqa: B018
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise QScopeError(f"{features}: expected the JSON of `qscope posttrain features language --out` "
-                          "({\"layers\": {layer: {\"features\": [...], \"alphas\": [...]}}})") from None
+        spec = LanguageFeatureSet.from_dict(_json.loads(features.read_text()))
+    except ValueError:
+        raise QScopeError(f"{features}: not valid JSON") from None
+    cfg = SASFTConfig(lam=lam, features=spec.features, alphas=spec.alphas, lang=spec.lang, lr=lr, steps=steps,
+                      batch=batch, seed=seed, max_length=max_length, lora_rank=lora)
     with console.status("loading model"):
         lm = load_model(model, dtype="float32")  # trained: bf16 weights round small AdamW steps away
-    layers = [int(k) for k in spec]
-    saes = {l: SAE.load(sae, layer=l) for l in layers}
-    penalty = SASFTPenalty(lm, saes, {l: spec[str(l)]["features"] for l in layers},
-                           {l: torch.tensor(spec[str(l)]["alphas"]) for l in layers}, lam=lam)
-    if lora:
-        add_lora(lm, r=lora, alpha=2 * lora, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"))
-    opt = torch.optim.AdamW([p for p in lm.model.parameters() if p.requires_grad], lr=lr)
-    rng = random.Random(0)
-    log = []
+    saes = {layer: SAE.load(sae, layer=layer) for layer in cfg.layers}
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("SASFT", total=steps)
-        for step in range(steps):
-            s = sft_step(lm.model, build_sft_batch(lm.tokenizer, rng.sample(pairs, min(batch, len(pairs))), max_length), opt,
-                         penalty=penalty)
-            log.append({"step": step, **s})
-            bar.update(task, advance=1, description=f"SASFT ce={s['ce']:.3f} pen={s['penalty']:.4f}")
+        res = run_sasft(lm, saes, examples, cfg, on_step=lambda s: bar.update(
+            task, advance=1, description=f"SASFT ce={s['ce']:.3f} pen={s['penalty']:.4f}"))
     out.mkdir(parents=True, exist_ok=True)
     lm.model.save_pretrained(out / "model")
-    result = {"penalty": penalty.to_dict(), "steps": steps, "final": log[-1], "out": str(out)}
-    write_json(out / "train_log.json", {**result, "log": log})
-    console.print(f"saved to {out}")
+    write_json(out / "train_log.json", res.to_dict(), provenance=record(seeds={"init_and_batches": seed}))
+    console.print(f"{res.n_penalised} of {res.n_examples} responses penalised; saved to {out}")
     if json:
-        emit_json(result)
+        emit_json({k: v for k, v in res.to_dict().items() if k != "history"} | {"out": str(out)})
 
 
 @app.command("grpo")
@@ -254,12 +253,12 @@ def grpo_cmd(
     cfg = GRPOConfig(group_size=group, prompts_per_step=per_step, max_new_tokens=tokens, lr=lr, kl_coef=kl, steer=steer)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("GRPO", total=steps)
-        hist = train_grpo(lm, ps, cfg, steps, callback=lambda s: bar.update(
+        res = train_grpo(lm, ps, cfg, steps, on_step=lambda s: bar.update(
             task, advance=1, description=f"GRPO reward={s['reward']:.3f} rep={s['repetition']:.3f}"))
     out.mkdir(parents=True, exist_ok=True)
     lm.model.save_pretrained(out / "model")
-    result = {"config": cfg.to_dict(), "history": hist, "out": str(out)}
+    result = {**res.to_dict(), "out": str(out)}
     write_json(out / "history.json", result)
-    console.print(f"final rollout repetition {hist[-1]['repetition']:.3f}; saved to {out}")
+    console.print(f"final rollout repetition {res.final['repetition']:.3f}; saved to {out}")
     if json:
-        emit_json({k: v for k, v in result.items() if k != "history"} | {"final": hist[-1]})
+        emit_json({k: v for k, v in result.items() if k != "history"})

@@ -1,17 +1,21 @@
 """Application 4: SAE-guided post-training (SASFT against code-switching, SAE-guided GRPO
 against repetition)."""
 
-from .grpo import GRPOConfig, add_lora, default_reward, group_advantages, grpo_step, sample_groups, train_grpo
+from .grpo import GRPOConfig, GRPOResult, add_lora, default_reward, group_advantages, grpo_step, sample_groups, train_grpo
 from ..language import code_switch_ratio, contains_language, detect_languages  # public here before qscope.language
-from .language import estimate_alphas, monolinguality, script_token_ids
+from .language import (LanguageFeatureSet, choose_language_features, estimate_alphas, monolinguality, script_token_ids,
+                       selection_split)
 from .repetition import causal_check, repetition_features, repetition_ratio, repetitive_corpus
-from .sasft import SASFTLossMixin, SASFTPenalty, SASFTTrainer, build_sft_batch, sasft_trainer, sft_step, unlikelihood_loss
+from .sasft import (SASFTConfig, SASFTLossMixin, SASFTPenalty, SASFTResult, SASFTTrainer, SFTExample, build_sft_batch,
+                    run_sasft, sasft_trainer, sft_step, unlikelihood_loss)
 
 __all__ = [
-    "GRPOConfig", "add_lora", "default_reward", "group_advantages", "grpo_step", "sample_groups", "train_grpo",
+    "GRPOConfig", "GRPOResult", "add_lora", "default_reward", "group_advantages", "grpo_step", "sample_groups", "train_grpo",
     "code_switch_ratio", "contains_language", "detect_languages", "estimate_alphas", "monolinguality", "script_token_ids",
+    "LanguageFeatureSet", "choose_language_features", "selection_split",
     "causal_check", "repetition_features", "repetition_ratio", "repetitive_corpus",
-    "SASFTLossMixin", "SASFTPenalty", "SASFTTrainer", "build_sft_batch", "sasft_trainer", "sft_step", "unlikelihood_loss",
+    "SASFTConfig", "SASFTLossMixin", "SASFTPenalty", "SASFTResult", "SASFTTrainer", "SFTExample", "build_sft_batch",
+    "run_sasft", "sasft_trainer", "sft_step", "unlikelihood_loss",
 ]  # plus SASFTSFTTrainer, left out of * so that it stays importable without trl
 
 

@@ -210,11 +210,30 @@ def grpo_step(lm, prompts: Sequence[str], cfg: GRPOConfig, optimizer, reward_fn:
             "n_rollouts": len(batch.rollouts), "n_steered": len(steered), "sample": plain[0].text if plain else ""}
 
 
+@dataclass
+class GRPOResult:
+    """The run's config and per-step statistics (`grpo_step`'s dicts)."""
+
+    config: GRPOConfig
+    history: list[dict]
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1]
+
+    def to_dict(self) -> dict:
+        return {"config": self.config.to_dict(), "final": self.final, "history": self.history}
+
+
 def train_grpo(lm, prompts: Sequence[str], cfg: GRPOConfig, steps: int, reward_fn: RewardFn = default_reward,
-               optimizer=None, ref_model=None, callback=None, start_step: int = 0) -> list[dict]:
-    """`steps` GRPO steps cycling through `prompts` (cfg.prompts_per_step per step)."""
+               optimizer=None, ref_model=None, on_step: Callable[[dict], None] | None = None,
+               start_step: int = 0) -> GRPOResult:
+    """`steps` GRPO steps cycling through `prompts` (cfg.prompts_per_step per step); progress via
+    `on_step(stats)`, as `run_sasft` beside it."""
     if not prompts:
         raise QScopeError("GRPO needs at least one prompt")
+    if steps < 1:
+        raise QScopeError(f"GRPO needs steps >= 1, not {steps}")
     params = [p for p in lm.model.parameters() if p.requires_grad]
     if not params:
         raise QScopeError("no trainable parameters: add LoRA adapters (add_lora) or unfreeze some")
@@ -225,6 +244,6 @@ def train_grpo(lm, prompts: Sequence[str], cfg: GRPOConfig, steps: int, reward_f
         chunk = [prompts[(step * k + i) % len(prompts)] for i in range(k)]
         stats = grpo_step(lm, chunk, cfg, optimizer, reward_fn, step, ref_model)
         history.append(stats)
-        if callback:
-            callback(stats)
-    return history
+        if on_step:
+            on_step(stats)
+    return GRPOResult(cfg, history)

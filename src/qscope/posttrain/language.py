@@ -88,3 +88,78 @@ def estimate_alphas(lm, sae, features: Sequence[int], non_L_texts: Sequence[str]
         total += pre.double().sum(0)
         n += len(x)
     return (total / max(n, 1)).float()
+
+
+# ---------------------------------------------------------------------- the SASFT feature set
+def selection_split(texts_by_lang: Mapping[str, Sequence[str]], fraction: float = 0.5,
+                    seed: int = 0) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(selection, held_out): a seeded `fraction` of each language's texts for choosing features
+    and alphas, the rest kept apart for evaluation."""
+    import random
+
+    if not 0 < fraction < 1:
+        raise QScopeError(f"selection fraction must be in (0, 1), not {fraction}")
+    selection, held_out = {}, {}
+    for lang, texts in texts_by_lang.items():
+        texts = list(texts)
+        random.Random(f"{seed}:{lang}").shuffle(texts)
+        cut = max(1, round(len(texts) * fraction))
+        selection[lang], held_out[lang] = texts[:cut], texts[cut:]
+    return selection, held_out
+
+
+@dataclass
+class LanguageFeatureSet:
+    """Features and alphas per layer for SASFT (`SASFTConfig(features=..., alphas=...)`); the
+    JSON of `qscope posttrain features language --out` is `to_dict()`."""
+
+    lang: str | None  # None: unknown (then every response is penalised)
+    layers: dict[int, LanguageFeatures]
+    alphas: dict[int, list[float]]
+    n_alpha_texts: int = 0
+
+    @property
+    def features(self) -> dict[int, list[int]]:
+        return {layer: lf.features for layer, lf in self.layers.items()}
+
+    def to_dict(self) -> dict:
+        return {"lang": self.lang, "n_alpha_texts": self.n_alpha_texts,
+                "layers": {str(layer): {**lf.to_dict(), "alphas": self.alphas[layer]} for layer, lf in self.layers.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "LanguageFeatureSet":
+        try:
+            lang = d.get("lang", "")
+            layers = {int(k): LanguageFeatures(int(k), v.get("lang", lang), [int(f) for f in v["features"]],
+                                               v.get("scores", []), v.get("mean_on_lang", []), v.get("mean_on_others", []),
+                                               v.get("n_texts", {}))
+                      for k, v in d["layers"].items()}
+            alphas = {int(k): [float(a) for a in v["alphas"]] for k, v in d["layers"].items()}
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise QScopeError("expected the JSON of `qscope posttrain features language --out` "
+                              "({\"lang\": ..., \"layers\": {layer: {\"features\": [...], \"alphas\": [...]}}})") from None
+        lang = lang or next((lf.lang for lf in layers.values() if lf.lang), None)
+        return cls(lang, layers, alphas, int(d.get("n_alpha_texts", 0)))
+
+
+def choose_language_features(lm, saes: Mapping[int, object], selection: Mapping[str, Sequence[str]], lang: str,
+                             top: int = 2, max_length: int = 64) -> LanguageFeatureSet:
+    """SASFT's feature set, chosen on a selection split (`selection_split`), never on evaluation text.
+
+    Features: per layer, the top-`top` by monolinguality (mean activation on `lang` minus the
+    mean over the other languages; the paper takes the top 2 on two adjacent late layers).
+    Alphas (the spec's rule): alpha_s = the MEAN of feature s's pre-activation distribution over
+    the tokens of clean non-L text (the other languages' selection texts with no L in them,
+    `contains_language`; position 0 excluded), so L_reduce only pushes down the part of a
+    pre-activation above its usual level on text that should be free of L."""
+    from ..language import contains_language
+
+    clean = [t for k, v in selection.items() if k != lang for t in v if not contains_language(t, lang)]
+    if not clean:
+        raise QScopeError(f"no clean non-{lang} text in the selection split for the alphas")
+    layers, alphas = {}, {}
+    for layer, sae in sorted(saes.items()):
+        res = monolinguality(lm, sae, selection, lang, top=top, layer=layer, max_length=max_length)
+        layers[layer] = res
+        alphas[layer] = estimate_alphas(lm, sae, res.features, clean, layer=layer, max_length=max_length).tolist()
+    return LanguageFeatureSet(lang, layers, alphas, len(clean))

@@ -18,10 +18,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from ..errors import QScopeError
 from ..evals.accuracy import first_line, letter_token_ids, math_correct, open_correct
 from ..evals.benchmarks import LETTERS, BenchItem, item_key
 from ..io import append_lines
-from ..model.hooks import hidden_of
+from ..model import hooks
 from ..paths import file_slug, home_dir
 
 MC_SCORING = ("letter", "cloze")
@@ -120,29 +119,6 @@ class LabelledSet:
 
 
 # ---------------------------------------------------------------------------- model pass
-@contextmanager
-def _prefill_recorder(layers, positions: torch.Tensor | None = None) -> Iterator[dict[int, torch.Tensor]]:
-    """Record each block's output on its FIRST call (the prompt prefill) at `positions` (one per
-    row; default: the last position, which is the last prompt token under left padding)."""
-    out: dict[int, torch.Tensor] = {}
-
-    def make(index: int):
-        def hook(_module, _inputs, output):
-            if index not in out:
-                h = hidden_of(output)
-                pos = torch.full((h.shape[0],), h.shape[1] - 1) if positions is None else positions
-                out[index] = h[torch.arange(h.shape[0]), pos.to(h.device)].detach().float().cpu()
-
-        return hook
-
-    handles = [layer.register_forward_hook(make(i)) for i, layer in enumerate(layers)]
-    try:
-        yield out
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def _dist_stats(logits: torch.Tensor) -> dict[str, float]:
     logp = torch.log_softmax(logits.float(), -1)
     p = logp.exp()
@@ -201,9 +177,9 @@ def label_cloze(lm, items: Sequence[BenchItem], cfg: LabelConfig) -> list[Labell
     ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs], device=lm.device)
     mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs], device=lm.device)
     qpos = torch.tensor([spans[n][0] - 1 for n, _ in owners])
-    with _prefill_recorder(lm.layers, qpos) as resid:
+    with hooks.record(lm.layers, range(len(lm.layers)), stop=False, first_call_only=True, positions=qpos) as resid:
         logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-    stacked = torch.stack([resid[i] for i in range(len(lm.layers))], dim=1).numpy().astype(np.float16)
+    stacked = torch.stack([resid[i].float().cpu() for i in range(len(lm.layers))], dim=1).numpy().astype(np.float16)
     logp = torch.log_softmax(logits, -1)
     out = []
     for n, it in enumerate(items):
@@ -238,11 +214,12 @@ def label_batch(lm, items: Sequence[BenchItem], cfg: LabelConfig) -> list[Labell
     with left_truncation(lm):
         enc = lm.tokenize(prompts, max_length=cfg.max_length, padding_side="left")
     new = cfg.max_new_tokens if kind != "mc" else max(1, cfg.mc_trace_tokens)
-    with _prefill_recorder(lm.layers) as resid:
+    with hooks.record(lm.layers, range(len(lm.layers)), stop=False, first_call_only=True,
+                      positions="last") as resid:  # the prefill's last prompt token (left padding)
         out = lm.model.generate(**enc, max_new_tokens=new, do_sample=False, output_logits=True,
                                 return_dict_in_generate=True, pad_token_id=lm.tokenizer.pad_token_id,
                                 temperature=None, top_p=None, top_k=None)
-    stacked = torch.stack([resid[i] for i in range(len(lm.layers))], dim=1).numpy().astype(np.float16)
+    stacked = torch.stack([resid[i].float().cpu() for i in range(len(lm.layers))], dim=1).numpy().astype(np.float16)
     gen = out.sequences[:, enc["input_ids"].shape[1]:]
     logits = out.logits  # tuple over steps of (batch, vocab), raw (before any processor)
     result = []
