@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import JsonOpt, ModelOpt, SaeOpt, console, emit_json, read_texts
+from .common import JsonOpt, ModelOpt, SaeOpt, console, emit_json, load_models, read_texts
 
 app = typer.Typer(help="SAE-guided post-training: SASFT against code-switching, SAE-guided GRPO against repetition.",
                   no_args_is_help=True)
@@ -55,16 +55,12 @@ def language_cmd(
 
     Example: qscope posttrain features language zh --texts zh=chinese,en=brown --layers 24 --out zh.json
     """
-    from ..model import load_model
     from ..posttrain import estimate_alphas, monolinguality
-    from ..sae import SAE
 
     by_lang = _texts_by_lang(texts, limit)
-    with console.status("loading model"):
-        lm = load_model(model)
+    lm, saes = load_models(model, sae, _layers(layers))
     result = {"lang": lang, "layers": {}}
-    for layer in _layers(layers):
-        sae_ = SAE.load(sae, layer=layer)
+    for layer, sae_ in saes.items():
         with console.status(f"layer {layer}: monolinguality"):
             res = monolinguality(lm, sae_, by_lang, lang, top=top, layer=layer, max_length=64)
             others = [t for k, v in by_lang.items() if k != lang for t in v]
@@ -100,14 +96,11 @@ def repetition_cmd(
 
     Example: qscope posttrain features repetition --layer 15 --check --out rep.json
     """
-    from ..model import load_model
     from ..posttrain import causal_check, repetition_features, repetitive_corpus
-    from ..sae import SAE
 
     base = read_texts(texts, 400)
-    with console.status("loading model and SAE"):
-        lm = load_model(model)
-        sae_ = SAE.load(sae, layer=layer)
+    loaded = load_models(model, sae, layer)
+    lm, sae_ = loaded.lm, loaded.sae
     passages = repetitive_corpus(base, n=n)
     from rich.progress import Progress
 
@@ -159,9 +152,7 @@ def sasft_cmd(
 
     from ..errors import QScopeError
     from ..io import write_json
-    from ..model import load_model
     from ..posttrain import SASFTPenalty, add_lora, build_sft_batch, sft_step
-    from ..sae import SAE
 
     for path in (data, features):
         if not path.is_file():
@@ -186,10 +177,8 @@ def sasft_cmd(
     except (ValueError, KeyError, TypeError, AttributeError):
         raise QScopeError(f"{features}: expected the JSON of `qscope posttrain features language --out` "
                           "({\"layers\": {layer: {\"features\": [...], \"alphas\": [...]}}})") from None
-    with console.status("loading model"):
-        lm = load_model(model, dtype="float32")  # trained: bf16 weights round small AdamW steps away
     layers = [int(k) for k in spec]
-    saes = {l: SAE.load(sae, layer=l) for l in layers}
+    lm, saes = load_models(model, sae, layers, dtype="float32")  # trained: bf16 weights round small AdamW steps away
     penalty = SASFTPenalty(lm, saes, {l: spec[str(l)]["features"] for l in layers},
                            {l: torch.tensor(spec[str(l)]["alphas"]) for l in layers}, lam=lam)
     if lora:
@@ -240,16 +229,17 @@ def grpo_cmd(
     from ..io import write_json
     from ..model import load_model
     from ..posttrain import GRPOConfig, add_lora, train_grpo
-    from ..sae import SAE
     from ..steer import Steering
 
     ps = read_texts(prompts, 10_000)
-    with console.status("loading model"):
-        lm = load_model(model, dtype="float32")  # trained: fp32, as in sasft
     steer = None
-    if features:
-        sae_ = SAE.load(sae, layer=layer)
-        steer = Steering.add(sae_, {int(f): strength for f in features.split(",")})
+    if features:  # trained: fp32, as in sasft
+        loaded = load_models(model, sae, layer, dtype="float32")
+        lm = loaded.lm
+        steer = Steering.add(loaded.sae, {int(f): strength for f in features.split(",")})
+    else:
+        with console.status("loading model"):
+            lm = load_model(model, dtype="float32")
     add_lora(lm, r=8, alpha=16)
     cfg = GRPOConfig(group_size=group, prompts_per_step=per_step, max_new_tokens=tokens, lr=lr, kl_coef=kl, steer=steer)
     with Progress(console=console, transient=True) as bar:
