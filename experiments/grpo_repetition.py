@@ -6,10 +6,18 @@
    features suppressed / untouched / amplified.
 3. GRPO (LoRA r=8 on q/v, G=4, 2 prompts/step, 32 new tokens, reward = -repetition ratio
    - 0.5 if < 5 words), vanilla vs SAE-guided (one rollout per group steered up along the
-   repetition features). Every `--eval-every` steps: greedy repetition ratio on held-out
-   prompts; at the end also held-out English perplexity.
+   repetition features) vs random-guided (the control: the same steered rollout, along 3
+   random features of matched firing density (`steer.methods.density_matched_features`,
+   rates on 300 Brown texts), a fresh draw per seed, same strength). Every `--eval-every`
+   steps: greedy repetition ratio on held-out prompts; at the end also held-out English
+   perplexity; KL to the initial policy is logged every step.
+
+Primary comparison (stated before the random-guided runs): SAE-guided vs random-guided final
+held-out repetition, paired by seed. If random-guided does as well, "SAE-guided" is just
+"any perturbed negative rollout".
 
     .venv/bin/python experiments/grpo_repetition.py               # cached, resumable per variant
+    .venv/bin/python experiments/grpo_repetition.py --variants random_guided --docs-name grpo_random_control
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ from qscope.io import save_png, write_json
 from qscope.metrics import text_perplexity
 from qscope.posttrain import GRPOConfig, add_lora, causal_check, repetition_features, repetitive_corpus, train_grpo
 from qscope.posttrain.repetition import mean_repetition_ratio
+from qscope.features.search import collect_stats
 from qscope.provenance import record
 from qscope.sae import SAE
 from qscope.steer import Steering
+from qscope.steer.methods import density_matched_features
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = ["the sea", "a cat", "winter", "the city", "friendship", "a robot", "the moon", "coffee", "a garden", "music",
@@ -49,13 +59,17 @@ def greedy_rep(lm, ps, tokens):
     return mean_repetition_ratio(outs), outs
 
 
-def run_variant(args, variant, seed, sae, top, strength, train_ps, eval_ps, held_ppl) -> dict:
+VARIANTS = ("vanilla", "sae_guided", "random_guided")
+
+
+def run_variant(args, variant, seed, sae, feats, train_ps, eval_ps, held_ppl) -> dict:
     """One GRPO run (LoRA on the default model) with periodic greedy repetition evals."""
     t1 = time.time()
     torch.manual_seed(seed)
     lm = load_model("default", dtype="float32")
     add_lora(lm, r=8, alpha=16)
-    steer = Steering.add(sae, {f: strength for f in top}) if variant == "sae_guided" else None
+    steered = {"sae_guided": feats["top"], "random_guided": feats["random_controls"][str(seed)]}.get(variant)
+    steer = Steering.add(sae, {f: feats["strength"] for f in steered}) if steered else None
     cfg = GRPOConfig(group_size=args.group, prompts_per_step=args.per_step, max_new_tokens=args.tokens, lr=args.lr, kl_coef=0.04,
                      steer=steer, temperature=1.0, seed=seed)
     opt = torch.optim.AdamW([p for p in lm.model.parameters() if p.requires_grad], lr=args.lr)
@@ -71,7 +85,8 @@ def run_variant(args, variant, seed, sae, top, strength, train_ps, eval_ps, held
         rep, outs = greedy_rep(lm, eval_ps, args.eval_tokens)
         evals.append({"step": start + n, "greedy_repetition": rep})
         print(seed, variant, "eval", start + n, rep, flush=True)
-    return {"done": True, "history": history, "evals": evals, "heldout_ppl_en": text_perplexity(lm, held_ppl),
+    return {"done": True, "steered_features": steered, "history": history, "evals": evals,
+            "heldout_ppl_en": text_perplexity(lm, held_ppl),
             "final_greedy_repetition": evals[-1]["greedy_repetition"], "examples": outs[:4],
             "config": cfg.to_dict(), "seconds": round(time.time() - t1)}
 
@@ -92,6 +107,7 @@ def main():
     ap.add_argument("--docs-name", default="grpo_repetition", help="basename of the JSON/PNG written under docs/posttrain")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seeds", default="0,1,2,3,4", help="GRPO seeds (sampling and LoRA init); each is cached on its own")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="which of " + ", ".join(VARIANTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -117,27 +133,38 @@ def main():
         write_json(feat_path, feats)
         print("causal", check.strengths, check.repetition, f"{time.time() - t0:.0f}s", flush=True)
         del lm
-    top, strength = feats["top"], feats["strength"]
-
     seeds = [int(x) for x in args.seeds.split(",")]
+    variants = [v for v in args.variants.split(",") if v]
+    if unknown := set(variants) - set(VARIANTS):
+        raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if "random_guided" in variants and not all(str(sd) in feats.get("random_controls", {}) for sd in seeds):
+        lm = load_model("default", dtype="float32")
+        rates = collect_stats(lm, sae, brown[:300], max_length=96).rate
+        feats["random_controls"] = {**feats.get("random_controls", {}),
+                                    **{str(sd): density_matched_features(rates, feats["top"], seed=sd) for sd in seeds}}
+        write_json(feat_path, feats)
+        del lm
     runs = {}  # seed -> variant -> result
     for seed in seeds:
         results_path = out / f"seed{seed}" / "results.json"
         results = json.loads(results_path.read_text()) if results_path.exists() else {}
-        for variant in ("vanilla", "sae_guided"):
+        for variant in variants:
             if variant not in results or not results[variant].get("done"):
-                results[variant] = run_variant(args, variant, seed, sae, top, strength, train_ps, eval_ps, held_ppl)
+                results[variant] = run_variant(args, variant, seed, sae, feats, train_ps, eval_ps, held_ppl)
                 write_json(results_path, results)
-        runs[seed] = results
+        runs[seed] = {v: results[v] for v in variants}
     base_lm = load_model("default", dtype="float32")
     base_ppl = text_perplexity(base_lm, held_ppl)
-    finals = {v: [runs[sd][v]["final_greedy_repetition"] for sd in seeds] for v in ("vanilla", "sae_guided")}
-    ppls = {v: [runs[sd][v]["heldout_ppl_en"] for sd in seeds] for v in ("vanilla", "sae_guided")}
+    finals = {v: [runs[sd][v]["final_greedy_repetition"] for sd in seeds] for v in variants}
+    ppls = {v: [runs[sd][v]["heldout_ppl_en"] for sd in seeds] for v in variants}
+    kls = {v: [statistics.mean(h["kl"] for h in runs[sd][v]["history"][-5:]) for sd in seeds] for v in variants}
     summary = {"setup": vars(args), "features": feats, "base_heldout_ppl_en": base_ppl,
-               "base_greedy_repetition": runs[seeds[0]]["vanilla"]["evals"][0]["greedy_repetition"],
+               "base_greedy_repetition": runs[seeds[0]][variants[0]]["evals"][0]["greedy_repetition"],
                "final_greedy_repetition": {v: {"per_seed": x, "mean": statistics.mean(x),
                                                "sd": statistics.stdev(x) if len(x) > 1 else 0.0} for v, x in finals.items()},
                "heldout_ppl_en": {v: {"per_seed": x, "mean": statistics.mean(x)} for v, x in ppls.items()},
+               "kl_last5_steps": {v: {"per_seed": x, "mean": statistics.mean(x)} for v, x in kls.items()},
+               "steered_features": {str(sd): {v: runs[sd][v].get("steered_features") for v in variants} for sd in seeds},
                "runs": {str(sd): {v: {k: r[k] for k in ("evals", "heldout_ppl_en", "final_greedy_repetition", "seconds", "examples")}
                                   for v, r in runs[sd].items()} for sd in seeds},
                "train_curves": {str(sd): {v: [{k: h[k] for k in ("step", "reward", "repetition", "repetition_steered", "kl")}
@@ -157,7 +184,7 @@ def plot(runs, path, prov=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"vanilla": "tab:blue", "sae_guided": "tab:red"}
+    colours = {"vanilla": "tab:blue", "sae_guided": "tab:red", "random_guided": "tab:grey"}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for seed, results in runs.items():
         for v, r in results.items():

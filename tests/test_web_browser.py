@@ -134,6 +134,48 @@ def test_feature_page(page, live_url, tmp_path):  # noqa: F811
     pg.wait_for_selector(".error:has-text('feature must be a whole number')")
 
 
+def test_histogram_ticks_and_detection_note(page, live_url):  # noqa: F811
+    pg = page
+    pg.goto(live_url + "/#/feature/2/7")
+    pg.wait_for_selector("#histogram svg rect")
+    for axis in ("x", "y"):
+        labels = [float(t.replace(",", "").replace("e+", "e")) for t in pg.locator(f"#histogram text.tick.{axis}").all_text_contents()]
+        assert len(labels) >= 2 and labels == sorted(labels) and len(set(labels)) == len(labels), (axis, labels)
+    assert "No LLM endpoint" in pg.inner_text("#detection")  # served without --endpoint: said, not failed
+
+
+def test_direction_steering_matches_api(page, live_url):  # noqa: F811
+    import httpx
+
+    body = {**{k: v for k, v in STEER.items() if k != "edits"}, "method": "diffmean", "strength": 200}
+    want = httpx.post(live_url + "/api/steer", json=body, timeout=60).json()
+    pg = page
+    pg.goto(live_url + "/#/steer")
+    pg.wait_for_selector("#steer-go")
+    assert pg.is_hidden("#direction") and pg.is_visible("#features-box")
+    pg.select_option("#st-method", "diffmean")
+    assert pg.is_visible("#direction") and pg.is_hidden("#features-box") and pg.is_hidden("#st-mode")
+    assert "I love this" in pg.input_value("#st-pos-texts")  # defaults to start from
+    pg.fill("#st-prompt", STEER["prompt"])
+    pg.select_option("#st-layer", str(STEER["layer"]))
+    pg.uncheck("#st-chat")
+    pg.fill("#st-max", str(STEER["max_new_tokens"]))
+    pg.fill("#st-strength", "")
+    pg.click("#steer-go")
+    pg.wait_for_selector("#steer-msg .error:has-text('strength is empty')")
+    pg.fill("#st-strength", "200")
+    pg.click("#steer-go")
+    pg.wait_for_selector("#steered[data-done='1']")
+    assert pg.eval_on_selector("#steered", "e => e.textContent") == want["steered"] != want["plain"]
+    shared = pg.url
+    assert "method=diffmean" in shared and "strength=200" in shared
+    pg.goto(live_url + "/#/compare")
+    pg.goto(shared)  # the link chooses the method and generates again
+    pg.wait_for_selector("#steered[data-done='1']")
+    assert pg.input_value("#st-method") == "diffmean"
+    assert pg.eval_on_selector("#steered", "e => e.textContent") == want["steered"]
+
+
 def test_inspector_keyboard_links_and_shared_url(page, live_url, tmp_path):  # noqa: F811
     pg = page
     pg.goto(live_url + "/#/inspect")

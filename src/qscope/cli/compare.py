@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import DeviceOpt, JsonOpt, ModelOpt, console, emit_json
+from ..errors import QScopeError
+from .common import DeviceOpt, JsonOpt, ModelOpt, console, emit_json, progress_bar
 
 
 def register(root: typer.Typer) -> None:
@@ -30,6 +31,10 @@ def compare_cmd(
     b: str = typer.Argument(..., help="SAE B, same forms as A (width and format may differ)."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer of both SAEs (for sources holding several)."),
     layer_b: Optional[int] = typer.Option(None, "--layer-b", help="Layer of B when it differs from --layer."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Compare the two groups over these layers, e.g. 6,15,24 "
+                                                                "(layers one side lacks are listed, not compared)."),
+    focus: Optional[Path] = typer.Option(None, help="With --layers: an uncertainty report JSON (`qscope uncertainty "
+                                                    "--out`); its probe's top features per layer are followed into B."),
     model: ModelOpt = "default",
     texts: str = typer.Option("held-out", help="Texts for activation matching: 'held-out' (the training mix's "
                                                "held-out split), a file, folder or corpus name."),
@@ -48,8 +53,15 @@ def compare_cmd(
     """Compare two SAEs: decoder/encoder MMCS, Hungarian matching with the fraction shared at
     cos > 0.5/0.7/0.9, activation-correlation matching on shared tokens, orphan features.
 
-    Example: qscope compare default experiments/saes/smollm2-layer15-seed1 --layer 15 --out docs/compare
+    Examples:
+      qscope compare default experiments/saes/smollm2-layer15-seed1 --layer 15 --out docs/compare
+      qscope compare default experiments/saes/smollm2-layer15-seed1 --layers 6,15,24 --focus docs/uncertainty/arc_easy.json
     """
+    if layers is not None:
+        return _compare_groups(a, b, layers, focus, model, texts, n_texts, max_tokens, activations, min_fires,
+                               method, out, name, per_feature, device, json)
+    if focus is not None:
+        raise QScopeError("--focus goes with --layers")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..compare import compare_saes, summary_rows, write_report
@@ -99,3 +111,77 @@ def compare_cmd(
                           "" if e.frequency is None else f"{e.frequency:.4f}",
                           " ".join(repr(x) for x in e.promotes), " ".join(repr(x) for x in e.partner_promotes))
             console.print(t)
+
+
+def focus_features(path: Path, layers: list[int]) -> dict[int, list[int]]:
+    """The features an uncertainty report's SAE probes weight most, per layer."""
+    import json as _json
+
+    try:
+        report = _json.loads(Path(path).read_text(encoding="utf-8"))
+        probes = report["sae_probes"]
+        return {l: [int(f["feature"]) for f in probes[str(l)]["features"]] for l in layers if str(l) in probes}
+    except FileNotFoundError:
+        raise QScopeError(f"--focus {path}: no such file") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise QScopeError(f"--focus {path}: not an uncertainty report (no sae_probes.<layer>.features)") from None
+
+
+def _load_group(source: str, layers: list[int]) -> dict:
+    """The SAEs of `source` at the given layers; a layer it does not hold is left out."""
+    from ..sae import SAE
+
+    group = {}
+    for layer in layers:
+        try:
+            group[layer] = SAE.load(source, layer=layer)
+        except QScopeError:
+            if len(layers) == 1:
+                raise
+    if not group:
+        raise QScopeError(f"{source}: no SAE at layers {','.join(map(str, layers))}")
+    return group
+
+
+def _compare_groups(a, b, layers_spec, focus, model, texts, n_texts, max_tokens, activations, min_fires, method, out,
+                    name, per_feature, device, json) -> None:
+    from ..compare.groups import compare_groups, write_group_report
+    from ..provenance import record
+    from .classify import int_list
+
+    layers = int_list(layers_spec, "--layers")
+    if not layers:
+        raise QScopeError("--layers needs at least one layer, e.g. 6,15,24")
+    focus_ids = focus_features(focus, layers) if focus is not None else None
+    with console.status("loading SAEs"):
+        group_a, group_b = _load_group(a, layers), _load_group(b, layers)
+    lm = text_list = None
+    if activations:
+        from ..model import load_model
+
+        with console.status("loading model"):
+            lm = load_model(model, device=device)
+        text_list = _texts(texts, n_texts)
+        for group in (group_a, group_b):
+            for layer, sae in group.items():
+                sae.to(lm.layer_device(lm.check_sae(sae, layer)))
+    with progress_bar() as bar:
+        task = bar.add_task("layers", total=len(layers))
+
+        def on_layer(layer: int, done: int, total: int) -> None:
+            bar.update(task, description=f"layer {layer}", completed=done)
+
+        result = compare_groups(group_a, group_b, lm, text_list, focus=focus_ids, names=(a, b), on_layer=on_layer,
+                                method=method, max_tokens=max_tokens, min_fires=min_fires, examples=0)
+    if out is not None:
+        paths = write_group_report(result, out, name=name, per_feature=per_feature, provenance=record())
+        console.print("wrote " + ", ".join(str(p) for p in paths))
+    if json:
+        emit_json(result.to_dict(per_feature=per_feature))
+        return
+    table = Table("layer", "shared (dec & enc cos > 0.7)", "focus: decoder cos > 0.7", "focus: activation corr > 0.7",
+                  "note",
+                  title=f"{a} vs {b}")
+    for row in result.summary_rows():
+        table.add_row(*row)
+    console.print(table)

@@ -73,6 +73,11 @@ def serve(
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
     allow_host: List[str] = typer.Option([], "--allow-host", help="Also accept requests whose Host header is this name "
                                          "(repeatable; e.g. the name of a proxy in front; '*' accepts any)."),
+    endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible API base URL of the LLM that judges "
+                                           "explanations on feature pages (detection score), e.g. "
+                                           "http://localhost:11434/v1."),
+    api_model: Optional[str] = typer.Option(None, "--api-model", help="Model name that endpoint serves."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding its API key (if any)."),
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
@@ -80,13 +85,20 @@ def serve(
 
     Example: qscope serve --layers 6,15,24 --port 8000   (then open http://127.0.0.1:8000)
     """
+    import os
+
     import uvicorn
 
+    from ..features.detection import LLMJudge
     from ..web import create_app
+
+    if (endpoint is None) != (api_model is None):
+        raise QScopeError("--endpoint and --api-model go together (the judge of explanations)")
+    judge = LLMJudge(endpoint, api_model, os.environ.get(api_key_env)) if endpoint else None
 
     with console.status("loading model, SAEs and feature stores"):
         lm, saes, stores = load_served(model, sae, parse_layers(layers), store, device, dtype)
-        app = create_app(lm, saes, stores, allowed_hosts=served_hosts(host, allow_host))
+        app = create_app(lm, saes, stores, allowed_hosts=served_hosts(host, allow_host), judge=judge)
     with_store = ", ".join(str(l) for l in sorted(stores)) or "none"
     console.print(f"serving {lm.name} · layers {', '.join(map(str, sorted(saes)))} · stores for layers {with_store}")
     console.print(f"open http://{host}:{port}  (API schema at /openapi.json, docs at /docs)")

@@ -3,7 +3,8 @@
 `compare_saes(a, b)` compares decoder and encoder directions (MMCS both ways, Hungarian
 matching, fraction shared at cosine thresholds); given a model and texts it also matches
 features by activation correlation on the same tokens and names matched and orphan features
-by the tokens they promote.
+by the tokens they promote. `firing_rate_differences` (in `texts`) compares two texts instead:
+the features of one SAE per layer that fire more on one than on the other.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from .report import (
     summary_rows,
     write_report,
 )
+from .texts import firing_rate_differences
 
 __all__ = ["compare_saes", "SAEComparison", "DirectionResult", "ActivationResult", "FeatureExample",
-           "hungarian", "max_cosine", "activation_correlation", "write_report", "plot_comparison", "summary_rows"]
+           "hungarian", "max_cosine", "activation_correlation", "write_report", "plot_comparison", "summary_rows",
+           "firing_rate_differences"]
 
 THRESHOLDS = (0.5, 0.7, 0.9)
 SHARED_AT = 0.7  # the headline criterion (report.SAEComparison.shared_fraction); also picks the matched examples

@@ -16,9 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import QScopeError
 from ..llm import ChatClient
-from .store import Example, Explanation, FeatureDashboard, FeatureStore
+from .store import FeatureStore
+from .store.results import Example, Explanation, FeatureDashboard
 
 OPEN, CLOSE = "<<", ">>"
+N_EXAMPLES = 12  # top contexts an explainer is shown (detection scoring holds them out)
 SYSTEM = ("You interpret features of a sparse autoencoder trained on a language model's activations. "
           "Given text excerpts where a feature fires, reply with ONE short phrase (at most 12 words) saying what "
           "the feature detects. No preamble, no quotes.")
@@ -30,7 +32,7 @@ def example_text(ex: Example, open_: str = OPEN, close: str = CLOSE) -> str:
     return "".join(parts).replace("\r", "").replace("\n", "↵")
 
 
-def explain_prompt(dash: FeatureDashboard, n_examples: int = 12) -> list[dict]:
+def explain_prompt(dash: FeatureDashboard, n_examples: int = N_EXAMPLES) -> list[dict]:
     """Chat messages asking for an explanation of `dash`'s feature."""
     if not dash.top:
         raise QScopeError(f"feature {dash.feature} never fired in this store's {dash.n_texts} texts: nothing to explain")
@@ -61,7 +63,7 @@ def ask_llm(messages: list[dict], endpoint: str, api_model: str, api_key: str | 
 
 
 def explain_feature(store: FeatureStore, feature: int, text: str | None = None, endpoint: str | None = None,
-                    api_model: str | None = None, api_key_env: str = "OPENAI_API_KEY", n_examples: int = 12,
+                    api_model: str | None = None, api_key_env: str = "OPENAI_API_KEY", n_examples: int = N_EXAMPLES,
                     timeout: float = 120) -> Explanation:
     """Store an explanation for `feature`: `text` by hand (source "manual"), or one asked of
     `api_model` at `endpoint` (source = the model's name; API key read from `api_key_env`)."""
@@ -77,8 +79,8 @@ def explain_feature(store: FeatureStore, feature: int, text: str | None = None, 
 
 
 def explain_all(store: FeatureStore, endpoint: str, api_model: str, api_key_env: str = "OPENAI_API_KEY",
-                features: Iterable[int] | None = None, batch_size: int = 8, n_examples: int = 12, timeout: float = 120,
-                progress: Callable[[int, int], None] | None = None) -> list[Explanation]:
+                features: Iterable[int] | None = None, batch_size: int = 8, n_examples: int = N_EXAMPLES,
+                timeout: float = 120, progress: Callable[[int, int], None] | None = None) -> list[Explanation]:
     """Explain `features` (default: every feature that fired, most frequent first) with `api_model`,
     `batch_size` requests at a time; each batch is stored before the next starts, so a rerun after
     a stop or a failure continues. Features already explained by `api_model` are skipped.

@@ -34,7 +34,8 @@ from typing import Iterable, Sequence
 
 from ..errors import QScopeError
 from ..io import atomic_dir
-from .store import Example, FeatureDashboard, FeatureStore
+from .store import FeatureStore
+from .store.results import Example, FeatureDashboard
 
 # The bot user that a fresh Neuronpedia database is seeded with: the default creator of uploads.
 NEURONPEDIA_BOT_USER = "clkht01d40000jv08hvalcvly"

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from . import schemas as S
+from .messages import error_response
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers write them (IPv6 in brackets)
 
@@ -25,10 +25,6 @@ def guard(app: FastAPI, allowed_hosts: Sequence[str]) -> None:
     """Install the checks on `app`; `allowed_hosts` are Host names ('*' accepts any)."""
     app.add_middleware(RequestGuard)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))  # added last: runs first
-
-
-def _refuse(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status)
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -50,12 +46,12 @@ class RequestGuard:
             return
         headers = Headers(scope=scope)
         if scope["method"] == "POST" and not _is_json(headers.get("content-type")):
-            await _refuse(415, f"POST bodies must be JSON (content-type application/json), not "
+            await error_response(415, f"POST bodies must be JSON (content-type application/json), not "
                                f"{headers.get('content-type') or 'none'}")(scope, receive, send)
             return
         size = headers.get("content-length")
         if size and (not size.isdigit() or int(size) > S.MAX_BODY):
-            await _refuse(413, f"request body over {S.MAX_BODY} bytes")(scope, receive, send)
+            await error_response(413, f"request body over {S.MAX_BODY} bytes")(scope, receive, send)
             return
         body = bytearray()
         while True:
@@ -64,7 +60,7 @@ class RequestGuard:
                 return
             body += message.get("body", b"")
             if len(body) > S.MAX_BODY:
-                await _refuse(413, f"request body over {S.MAX_BODY} bytes")(scope, receive, send)
+                await error_response(413, f"request body over {S.MAX_BODY} bytes")(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break

@@ -4,8 +4,14 @@
 from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 WHERE = {"body", "query", "path", "header"}
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    """Every refusal has the one shape the page reads: {"detail": one line}."""
+    return JSONResponse({"detail": message}, status_code=status)
 
 
 def field_name(loc) -> str:

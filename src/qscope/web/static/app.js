@@ -144,17 +144,46 @@ function contextLine(ex, max, layer, feature) {
   return line;
 }
 
-// Activation histogram: log-binned counts with axes, ticks and counts; scales with the page.
+// Axis ticks. Counts: 0 and steps of 1, 2 or 5 x 10^k, four to six of them. Activations (log
+// axis): 1, 2 and 5 x 10^k inside the range (every decade only, when that makes many), else 1..9 x
+// 10^k, plus the range's ends while fewer than three fall inside (a feature often spans less than a decade).
+function countTicks(max) {
+  const raw = Math.max(max, 1) / 5, mag = 10 ** Math.floor(Math.log10(raw));
+  const step = Math.max(1, [1, 2, 5, 10].map(m => m * mag).find(s => s >= raw));
+  const out = [];
+  for (let v = 0; v <= max; v += step) out.push(v);
+  return out;
+}
+function logTicks(lo, hi) {
+  const inside = mantissas => {
+    const out = [];
+    for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++)
+      for (const m of mantissas) { const v = +(m * 10 ** e).toPrecision(3); if (v >= lo * (1 - 1e-9) && v <= hi * (1 + 1e-9)) out.push(v); }
+    return out;
+  };
+  let ticks = inside([1, 2, 5]);
+  if (ticks.length > 7) ticks = ticks.filter(v => Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9);
+  if (ticks.length < 3) ticks = inside([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  if (ticks.length < 3) {
+    const apart = v => ticks.every(t => Math.abs(Math.log10(t / v)) > 0.08 * Math.log10(hi / lo));
+    ticks = [...ticks, ...[lo, hi].filter(apart)].sort((a, b) => a - b);
+  }
+  return ticks;
+}
+const tickLabel = v => (v >= 1000 ? v.toExponential(0) : v >= 1 ? String(+v.toPrecision(3)) : String(+v.toPrecision(2)));
+
+// Activation histogram: log-binned counts with labelled axes; scales with the page.
 function histogram(bins) {
   if (!bins.length) return h("p", { class: "muted" }, "never fired in the store's texts");
-  const W = 600, H = 220, L = 52, R = 12, T = 12, B = 42, pw = W - L - R, ph = H - T - B;
-  const max = Math.max(...bins.map(b => b[2])), lo = Math.log10(bins[0][0]), hi = Math.log10(bins[bins.length - 1][1]);
-  const x = v => L + ((Math.log10(v) - lo) / (hi - lo)) * pw, y = n => T + ph - (ph * n) / max;
+  const W = 600, H = 220, L = 52, R = 16, T = 12, B = 42, pw = W - L - R, ph = H - T - B;
+  const max = Math.max(...bins.map(b => b[2])), a0 = bins[0][0], a1 = bins[bins.length - 1][1];
+  const lo = Math.log10(a0), hi = Math.log10(a1);
+  const x = v => L + ((Math.log10(v) - lo) / (hi - lo)) * pw, y = n => T + ph - (ph * n) / Math.max(max, 1);
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, class: "hist", role: "img", "aria-label": "activation histogram" });
-  const ticks = [0, Math.round(max / 2), max].filter((v, i, a) => a.indexOf(v) === i);
-  ticks.forEach(n => {
+  countTicks(max).forEach(n => {
     svg.append(svgEl("line", { x1: L, x2: W - R, y1: y(n), y2: y(n), class: "grid" }));
-    svg.append(svgEl("text", { x: L - 6, y: y(n) + 4, "text-anchor": "end", class: "tick" }, String(n)));
+    svg.append(svgEl("line", { x1: L - 5, x2: L, y1: y(n), y2: y(n), class: "axis" }));
+    svg.append(svgEl("text", { x: L - 8, y: y(n) + 4, "text-anchor": "end", class: "tick y" }, n.toLocaleString()));
   });
   bins.forEach(([a, b, n]) => {
     const r = svgEl("rect", { x: x(a) + 0.5, y: y(n), width: Math.max(1, x(b) - x(a) - 1), height: Math.max(0.5, T + ph - y(n)), class: "bar" });
@@ -162,10 +191,11 @@ function histogram(bins) {
     svg.append(r);
   });
   svg.append(svgEl("line", { x1: L, x2: W - R, y1: T + ph, y2: T + ph, class: "axis" }), svgEl("line", { x1: L, x2: L, y1: T, y2: T + ph, class: "axis" }));
-  for (let e = Math.ceil(lo - 1e-9); e <= Math.floor(hi + 1e-9); e++) {
-    const v = 10 ** e, label = e < 0 ? v.toFixed(-e) : String(v);
-    svg.append(svgEl("line", { x1: x(v), x2: x(v), y1: T + ph, y2: T + ph + 5, class: "axis" }), svgEl("text", { x: x(v), y: T + ph + 18, "text-anchor": "middle", class: "tick" }, label));
-  }
+  logTicks(a0, a1).forEach(v => {
+    const anchor = x(v) < L + 12 ? "start" : x(v) > W - R - 12 ? "end" : "middle";
+    svg.append(svgEl("line", { x1: x(v), x2: x(v), y1: T + ph, y2: T + ph + 5, class: "axis" }),
+      svgEl("text", { x: x(v), y: T + ph + 18, "text-anchor": anchor, class: "tick x" }, tickLabel(v)));
+  });
   svg.append(svgEl("text", { x: L + pw / 2, y: H - 4, "text-anchor": "middle", class: "axis-title" }, "activation (log scale)"),
     svgEl("text", { x: 12, y: T + ph / 2, "text-anchor": "middle", class: "axis-title", transform: `rotate(-90 12 ${T + ph / 2})` }, "firings"));
   return svg;
@@ -274,6 +304,7 @@ pages.feature = async (view, [layer, feature]) => {
   const strength = d.store && d.max_act ? Math.round(2 * d.max_act) : "";
   body.append(h("div", { class: "card", id: "explanation" }, h("h3", {}, "Label"), expl,
     h("a", { href: `#/steer?layer=${layer}&edits=${feature}:${strength}` }, "steer with this feature →")));
+  if (d.store) body.append(detectionCard(layer, feature, d));
   if (d.store) {
     body.append(h("div", { class: "row" },
       h("div", { class: "card col", id: "density" }, h("h3", {}, "Density"),
@@ -300,6 +331,35 @@ pages.feature = async (view, [layer, feature]) => {
       } catch (err) { showError(live, err); } },
     h("h3", {}, "Live activations on your text"), h("textarea", { id: "live-text", "aria-label": "text" }, "The Eiffel Tower is in Paris, the capital of France."), h("button", {}, "Run"), live));
 };
+
+// Detection score: an LLM judge (set up with `qscope serve --endpoint`) reads the label and a
+// shuffled mix of held-out excerpts where the feature fires and where it does not, and picks the
+// ones that fire; balanced accuracy 0.5 is chance, 1 is a label that tells them all apart.
+function detectionCard(layer, feature, d) {
+  const out = h("div", { id: "detection-out" });
+  const card = h("div", { class: "card", id: "detection" }, h("h3", {}, "Detection score of the label"));
+  if (!INFO.judge) {
+    card.append(h("p", { class: "muted", id: "detection-off" }, "No LLM endpoint is configured to judge labels, so this label is not scored. Start the server with ",
+      h("code", {}, "qscope serve --endpoint URL --api-model NAME"), " (any OpenAI-compatible server) to score it."));
+    return card;
+  }
+  const show = r => {
+    if (!r.scored) return out.replaceChildren(h("p", { class: "muted" }, r.detail));
+    const n1 = r.excerpts.filter(x => x.fires).length, n0 = r.excerpts.length - n1;
+    out.replaceChildren(
+      h("p", {}, "balanced accuracy ", h("b", { id: "detection-score" }, fmt(r.balanced_accuracy)), h("span", { class: "muted" },
+        `  (0.5 = chance) · picked ${pct(r.hit_rate_fires)} of ${n1} excerpts where it fires and left out ${pct(r.hit_rate_quiet)} of ${n0} where it does not · judge ${r.judge} · label by ${r.source}`)),
+      h("details", {}, h("summary", {}, "excerpts"), h("div", { class: "scroll" }, h("table", {},
+        h("tr", {}, h("th", {}, "excerpt"), h("th", {}, "fires"), h("th", {}, "judge"), h("th", {}, "")),
+        r.excerpts.map(x => h("tr", {}, h("td", { class: "tokens" }, x.text), h("td", {}, x.fires ? `yes (${fmt(x.act, 3)})` : "no"),
+          h("td", {}, x.predicted ? "yes" : "no"), h("td", {}, x.predicted === x.fires ? "✓" : "✗")))))));
+  };
+  card.append(form({}, async () => {
+      try { show(await api("/api/feature/detection", { layer: +layer, feature: +feature, n: 8 })); } catch (err) { showError(out, err); } },
+    h("p", { class: "muted" }, `The judge (${INFO.judge}) reads this label and a shuffled mix of excerpts, half where the feature fires (not among those an explainer sees) and half where it does not, and picks the ones that fire.`),
+    h("button", { id: "detection-go" }, "Score the label")), out);
+  return card;
+}
 
 pages.inspect = (view, args, query) => {
   setTitle("Inspect text");
@@ -409,23 +469,56 @@ pages.steer = (view, args, query) => {
   let running = null;
   const stop = h("button", { type: "button", id: "steer-stop", class: "secondary", disabled: "", onclick: () => running && running.abort() }, "Stop");
   const q = (k, d) => (query.has(k) ? query.get(k) : d);
+  // diffmean / repe: one direction from two text sets, pushed by one strength (sae-only controls hidden)
+  const lines = x => x.split("\n").map(t => t.trim()).filter(Boolean);
+  const texts0 = INFO.direction_texts;
+  const dirStrength = h("input", { type: "number", id: "st-strength", step: "any", value: q("strength", "8"), "aria-label": "direction strength" });
+  const dirSlider = h("input", { type: "range", id: "st-strength-slider", class: "e-slider", min: -100, max: 100, step: "any", value: q("strength", "8"), "aria-label": "direction strength slider" });
+  dirSlider.addEventListener("input", () => { dirStrength.value = (+dirSlider.value).toFixed(1); });
+  dirStrength.addEventListener("input", () => { if (dirStrength.value !== "") dirSlider.value = dirStrength.value; });
+  const direction = h("div", { id: "direction" },
+    h("p", { class: "muted" }, "diffmean steers along the difference of the mean residuals of the two sets; repe along their first principal component (texts paired in order, at least two each). The strength is how far the residual is pushed along that unit direction, in the units of a feature's add strength."),
+    h("div", { class: "row" }, h("div", { class: "col" }, h("label", { for: "st-pos-texts" }, "Towards (one text per line)"), h("textarea", { id: "st-pos-texts", rows: 5 }, q("ptexts", texts0.positive.join("\n")))),
+      h("div", { class: "col" }, h("label", { for: "st-neg-texts" }, "Away from (one text per line)"), h("textarea", { id: "st-neg-texts", rows: 5 }, q("ntexts", texts0.negative.join("\n"))))),
+    h("div", { class: "controls" }, "strength", dirStrength, dirSlider));
+  const method = h("select", { id: "st-method", "aria-label": "steering method" }, [["sae", "SAE features"], ["diffmean", "diffmean direction"], ["repe", "repe direction"]]
+    .map(([v, t]) => h("option", { value: v, selected: q("method", "sae") === v ? "" : null }, t)));
+  const saeOnly = [], onlySae = node => { saeOnly.push(node); return node; };
+  const showMethod = () => {
+    const sae = method.value === "sae";
+    saeOnly.forEach(n => { n.hidden = !sae; });
+    direction.hidden = sae;
+  };
+  method.addEventListener("change", showMethod);
   const f = h("form", { class: "card", onsubmit: async e => {
       e.preventDefault();
       if (go.disabled) return;
       msg.replaceChildren();
-      const rows = [...edits.children];
-      if (!rows.length) return showError(msg, new Error("add a feature to steer with"));
-      for (const d of rows) {
-        if ($(".e-feature", d).value === "") return showError(msg, new Error("a feature id is empty: give a number"));
-        if ($(".e-strength", d).value === "" || !isFinite(+$(".e-strength", d).value)) return showError(msg, new Error(`feature #${$(".e-feature", d).value}: the strength is empty: give a number (e.g. 8, or negative to suppress)`));
-      }
       const sweep = $("#st-sweep-on").checked ? $("#st-sweep").value.split(",").map(x => x.trim()).filter(Boolean) : null;
       if (sweep && (!sweep.length || sweep.some(x => !isFinite(+x)))) return showError(msg, new Error("sweep strengths must be numbers separated by commas, e.g. 4, 8, 16"));
       const body = { prompt: $("#st-prompt").value, layer: +$("#st-layer").value, positions: $("#st-pos").value, chat: $("#st-chat").checked,
-        max_new_tokens: +$("#st-max").value, edits: rows.map(d => ({ feature: +$(".e-feature", d).value, strength: +$(".e-strength", d).value, mode: $("#st-mode").value, relative: $("#st-rel").checked })) };
+        max_new_tokens: +$("#st-max").value };
+      const state = { layer: body.layer, prompt: body.prompt, pos: body.positions !== "all" ? body.positions : "", chat: body.chat ? "" : 0, max: body.max_new_tokens, sweep: sweep ? sweep.join(",") : "" };
+      if (method.value === "sae") {
+        const rows = [...edits.children];
+        if (!rows.length) return showError(msg, new Error("add a feature to steer with"));
+        for (const d of rows) {
+          if ($(".e-feature", d).value === "") return showError(msg, new Error("a feature id is empty: give a number"));
+          if ($(".e-strength", d).value === "" || !isFinite(+$(".e-strength", d).value)) return showError(msg, new Error(`feature #${$(".e-feature", d).value}: the strength is empty: give a number (e.g. 8, or negative to suppress)`));
+        }
+        body.edits = rows.map(d => ({ feature: +$(".e-feature", d).value, strength: +$(".e-strength", d).value, mode: $("#st-mode").value, relative: $("#st-rel").checked }));
+        Object.assign(state, { edits: body.edits.map(x => `${x.feature}:${x.strength}`).join(","), mode: body.edits[0].mode !== "add" ? body.edits[0].mode : "", rel: $("#st-rel").checked ? 1 : "" });
+      } else {
+        const positive = lines($("#st-pos-texts").value), negative = lines($("#st-neg-texts").value);
+        if (!positive.length || !negative.length) return showError(msg, new Error("give at least one text on each side (one per line)"));
+        if (!sweep && (dirStrength.value === "" || !isFinite(+dirStrength.value))) return showError(msg, new Error("the strength is empty: give a number (e.g. 8, or negative to push the other way)"));
+        Object.assign(body, { method: method.value, positive, negative });
+        if (!sweep) body.strength = +dirStrength.value;
+        Object.assign(state, { method: method.value, strength: sweep ? "" : body.strength,
+          ptexts: positive.join("\n") !== texts0.positive.join("\n") ? positive.join("\n") : "", ntexts: negative.join("\n") !== texts0.negative.join("\n") ? negative.join("\n") : "" });
+      }
       if (sweep) body.sweep = sweep.map(Number);
-      setQuery({ layer: body.layer, edits: body.edits.map(x => `${x.feature}:${x.strength}`).join(","), prompt: body.prompt, mode: body.edits[0].mode !== "add" ? body.edits[0].mode : "",
-        rel: $("#st-rel").checked ? 1 : "", pos: body.positions !== "all" ? body.positions : "", chat: body.chat ? "" : 0, max: body.max_new_tokens, sweep: sweep ? sweep.join(",") : "" });
+      setQuery(state);
       plain.textContent = ""; plain.dataset.done = "";
       const boxes = { plain };
       if (sweep) {
@@ -443,18 +536,22 @@ pages.steer = (view, args, query) => {
       finally { go.disabled = false; stop.disabled = true; PENDING.delete(running); running = null; }
     } },
     h("label", { for: "st-prompt" }, "Prompt"), h("textarea", { id: "st-prompt" }, q("prompt", "Tell me about your weekend.")),
-    h("div", { class: "controls" }, layerSelect("st-layer", layer0), " mode ", h("select", { id: "st-mode", "aria-label": "mode" }, h("option", { value: "add" }, "add (h + s·d)"), h("option", { value: "clamp", selected: q("mode") === "clamp" ? "" : null }, "clamp (activation = s)")),
-      " ", h("label", {}, h("input", { type: "checkbox", id: "st-rel", checked: q("rel") === "1" ? "" : null }), " relative"), " · positions ", h("select", { id: "st-pos", "aria-label": "positions" }, ["all", "prompt", "generated"].map(p => h("option", { selected: q("pos") === p ? "" : null }, p))),
+    h("div", { class: "controls" }, layerSelect("st-layer", layer0), " method ", method,
+      onlySae(h("span", {}, " mode ", h("select", { id: "st-mode", "aria-label": "mode" }, h("option", { value: "add" }, "add (h + s·d)"), h("option", { value: "clamp", selected: q("mode") === "clamp" ? "" : null }, "clamp (activation = s)")),
+      " ", h("label", {}, h("input", { type: "checkbox", id: "st-rel", checked: q("rel") === "1" ? "" : null }), " relative"))), " · positions ", h("select", { id: "st-pos", "aria-label": "positions" }, ["all", "prompt", "generated"].map(p => h("option", { selected: q("pos") === p ? "" : null }, p))),
       " ", h("label", {}, h("input", { type: "checkbox", id: "st-chat", checked: q("chat") === "0" ? null : "" }), " chat"), " · max tokens ", h("input", { type: "number", id: "st-max", min: 1, max: INFO.limits.max_new_tokens, value: q("max", 40), "aria-label": "max new tokens" })),
-    h("h3", {}, "Features"), edits,
-    h("div", { class: "controls" }, h("button", { type: "button", class: "secondary", onclick: () => addEdit() }, "+ feature"), " ",
-      h("label", {}, h("input", { type: "checkbox", id: "st-sweep-on", checked: query.get("sweep") ? "" : null }), " sweep the first feature's strength over "),
+    onlySae(h("div", { id: "features-box" }, h("h3", {}, "Features"), edits,
+      h("div", { class: "controls" }, h("button", { type: "button", class: "secondary", onclick: () => addEdit() }, "+ feature")))),
+    direction,
+    h("div", { class: "controls" },
+      h("label", {}, h("input", { type: "checkbox", id: "st-sweep-on", checked: query.get("sweep") ? "" : null }), " sweep the strength (the first feature's, or the direction's) over "),
       h("input", { id: "st-sweep", value: q("sweep", ""), placeholder: "e.g. 4, 8, 16", "aria-label": "sweep strengths", size: 12 }), h("span", { class: "muted" }, ` (at most ${INFO.limits.max_sweep})`)),
     h("div", { class: "controls" }, go, " ", stop), msg);
   view.append(h("h2", {}, "Steering playground"), f, outputs);
   initial.forEach(([fid, s]) => addEdit(fid, s));
+  showMethod();
   $("#st-layer").addEventListener("change", () => [...edits.children].forEach(r => r.describe()));
-  if (query.get("prompt") && query.get("edits")) f.requestSubmit();
+  if (query.get("prompt") && (query.get("edits") || q("method", "sae") !== "sae")) f.requestSubmit();
 };
 
 // POST an SSE stream and append tokens to the matching box as they arrive.
