@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qscope.cli.classify import load_model_and_saes
+import qscope
 from qscope.datatools.cache import CodeCache, ResidualStore
 from qscope.datatools.classify import evaluate_task, plot_efficiency
 from qscope.datatools.labelled import TASKS, load_task
@@ -45,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     names = args.task or list(TASKS)
 
-    lm, saes = load_model_and_saes("default", "default", None)
+    lm, saes = qscope.load()
     store = ResidualStore(lm, sorted(saes), max_length=args.max_length)
     cache = CodeCache(lm, saes, max_length=args.max_length, residuals=store)
     control = random_saes(saes)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qscope.cli.classify import load_model_and_saes
+import qscope
 from qscope.data import held_out_texts
 from qscope.features.search import collect_stats
 from qscope.datatools.cache import CodeCache
@@ -132,7 +132,7 @@ def main() -> None:
     args = ap.parse_args()
     parts = args.only or ["prompting", "steering"]
 
-    lm, saes = load_model_and_saes("default", "default", None)
+    lm, saes = qscope.load()
     sae = saes[args.layer]
     sel = select_targets(lm, saes, args.layer, args.n_seeds, args.n_targets, args.min_hits, args.split_seed,
                          args.neutral_max_rate)

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from qscope.cli.common import load_pair
-from qscope.model import load_model
+from qscope.model import load, load_model
 from qscope.sae import SAE, SAEConfig
 from tiny import ARCHS, tiny_lm
 
@@ -38,10 +37,10 @@ def test_device_map_loads_and_captures_like_a_plain_load(saved, how, monkeypatch
         assert torch.allclose(got.valid(layer), want.valid(layer), atol=1e-5)
 
 
-def test_load_pair_puts_the_sae_on_its_layer_device(saved):
+def test_load_puts_each_sae_on_its_layer_device(saved):
     folder, _ = saved
-    lm, sae = load_pair(str(folder), str(folder / "sae"), None, dtype="float32")
-    assert sae.W_enc.device == lm.layer_device(2)
+    loaded = load(str(folder), str(folder / "sae"), device="multi", dtype="float32")
+    assert list(loaded.saes) == [2] and loaded.sae.W_enc.device == loaded.lm.layer_device(2)
 
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "qwen3_5_vl"])

@@ -13,7 +13,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 
 _UMASK: int | None = None
@@ -143,11 +143,55 @@ def save_png(fig, path: str | os.PathLike, dpi: int = 120, provenance: dict | No
 
 
 def append_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
-    """Append lines to a per-item cache file; its readers skip a last line torn by a kill."""
+    """Append lines to a per-item cache file; its readers skip a last line torn by a kill, and the
+    first line appended after one starts on a line of its own."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write("".join(line + "\n" for line in lines))
+    with open(path, "a+b") as fh:
+        if fh.tell() > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":  # a line torn by a kill: start a fresh one
+                fh.write(b"\n")
+        fh.write("".join(line + "\n" for line in lines).encode("utf-8"))
+
+
+class ItemCache:
+    """Results per item in one append-only JSONL file, so a killed run keeps every finished item
+    and a rerun does only the rest. Each line is one JSON record, named by its `key` fields (by
+    default the item id and prompt hash of `evals.benchmarks.item_key`); a line torn by a kill is
+    skipped, and that item is simply redone. `path=None` keeps the records in memory only."""
+
+    def __init__(self, path: str | os.PathLike | None, key: Sequence[str] = ("id", "h")):
+        self.path = Path(path) if path is not None else None
+        self.key = tuple(key)
+        self.records: dict[tuple, dict] = {}
+        if self.path is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    self.records[self._key(record)] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def _key(self, record: dict) -> tuple:
+        return tuple(record[name] for name in self.key)
+
+    def __contains__(self, key: Sequence) -> bool:
+        return tuple(key) in self.records
+
+    def __getitem__(self, key: Sequence) -> dict:
+        return self.records[tuple(key)]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, records: Iterable[dict]) -> None:
+        """Keep `records` (each holding the key fields) and append them to the file at once."""
+        records = list(records)
+        for record in records:
+            self.records[self._key(record)] = record
+        if self.path is not None and records:
+            append_lines(self.path, (json.dumps(record, ensure_ascii=False) for record in records))
 
 
 def load_torch_plain(path: str | os.PathLike, what: str = "torch file"):

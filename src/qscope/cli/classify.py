@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import QScopeError
-from .common import DeviceOpt, JsonOpt, ModelOpt, SaeOpt, console, emit_json, progress_bar, read_texts
+from .common import DeviceOpt, JsonOpt, ModelOpt, SaeOpt, console, emit_json, load_models, progress_bar, read_texts
 
 app = typer.Typer(help="Classify texts with SAE features (top-K OR rule, no trained head).", no_args_is_help=True)
 
@@ -35,24 +35,6 @@ def int_list(spec: str | None, what: str) -> list[int] | None:
         return [int(x) for x in spec.replace(" ", "").split(",") if x]
     except ValueError:
         raise QScopeError(f"{what} must be comma-separated integers like 6,15,24, got {spec!r}") from None
-
-
-def load_model_and_saes(model: str, sae: str, layers: list[int] | None, device: str | None = None):
-    """The model and one SAE per layer (`--sae default` with no layers: every shipped layer)."""
-    from ..model import load_model
-    from ..sae import SAE
-    from ..sae.registry import default_layers
-
-    if not layers:
-        layers = default_layers() if sae == "default" else None
-        if not layers:
-            raise QScopeError("give --layers (e.g. --layers 6,15,24): no shipped SAE layers to default to")
-    with console.status("loading model and SAEs"):
-        lm = load_model(model, device=device)
-        saes = {l: SAE.load(sae, layer=l, device=lm.device) for l in layers}
-    for l, s in saes.items():
-        lm.check_sae(s, l)
-    return lm, saes
 
 
 def _task(name: str | None, pos: str | None, neg: str | None, n_discovery: int, n_test: int, seed: int):
@@ -126,7 +108,7 @@ def discover_cmd(
     from ..features.logits import token_effects
 
     t = _task(task, pos, neg, n_discovery, 2, seed)
-    lm, saes = load_model_and_saes(model, sae, int_list(layers, "--layers"), device)
+    lm, saes = load_models(model, sae, int_list(layers, "--layers"), device)
     cache = _cache(lm, saes, cache_dir, max_length)
     with progress_bar() as bar:
         job = bar.add_task("encoding discovery texts", total=len(cache.missing(t.discovery.texts)))
@@ -191,7 +173,7 @@ def run_cmd(
     items = list(texts or []) + (read_texts(source, limit) if source else [])
     if not items:
         raise QScopeError("no texts: pass them as arguments or with --texts")
-    lm, saes = load_model_and_saes(
+    lm, saes = load_models(
         model or clf.meta.get("model", "default"), sae or clf.meta.get("sae", "default"), clf.layers, device
     )
     with console.status("encoding"):
@@ -255,7 +237,7 @@ def eval_cmd(
     names = list(task or []) if not (pos or neg) else [None]
     names = names or list(TASKS)
     k_list = int_list(ks, "--ks")
-    lm, saes = load_model_and_saes(model, sae, int_list(layers, "--layers"), device)
+    lm, saes = load_models(model, sae, int_list(layers, "--layers"), device)
     cache = _cache(lm, saes, cache_dir, max_length, keep_residuals)
     prov = record(seeds={"split": seed, "subsample": list(range(seeds))})
     reports = []
@@ -360,7 +342,7 @@ def corpus_cmd(
                 limit=limit,
             )
         else:
-            lm, saes = load_model_and_saes(model_, sae_, clf.layers, device)
+            lm, saes = load_models(model_, sae_, clf.layers, device)
             result = classify_stream(
                 lm,
                 saes,

@@ -59,17 +59,12 @@ def progress_bar(label: str = "{task.description}"):
                     console=console, transient=True)
 
 
-def load_pair(model: str, sae: str, layer: int | None, device: str | None = None, dtype: str | None = None):
-    """Load a model and an SAE for it (spinner on stderr); checks they fit together."""
-    from ..model import load_model
-    from ..sae import SAE
+def load_models(model: str | None, sae: str | None, layers, device: str | None = None, dtype: str | None = None):
+    """`qscope.load` (the model and its SAEs, each on its layer's device) behind a spinner on stderr."""
+    from ..model import load
 
-    with console.status("loading model and SAE"):
-        sae_ = SAE.load(sae, layer=layer)  # first: a bad SAE fails in a second, not after a model load
-        lm = load_model(model, device=device, dtype=dtype)
-    where = lm.check_sae(sae_, layer)
-    sae_.to(lm.layer_device(where))  # its layer's device (several under --device multi)
-    return lm, sae_
+    with console.status("loading model and SAEs"):
+        return load(model, sae, layers, device=device, dtype=dtype)
 
 
 def read_texts(spec: str, limit: int | None = None) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from .common import console, emit_json
+from .common import console, emit_json, load_models
 
 DEMO_TEXT = "The Eiffel Tower in Paris was finished in 1889. def area(r): return 3.14159 * r ** 2"
 
@@ -29,18 +29,14 @@ def demo(
     from ..errors import QScopeError
     from ..features.active import encode_text
     from ..features.logits import token_effects
-    from ..model import load_model
-    from ..sae import SAE
     from ..sae.registry import default_layers
 
     layers = default_layers()
     if not layers:
         raise QScopeError("no shipped SAEs found in this install (qscope/assets/saes)")
     layer = layers[len(layers) // 2] if layer is None else layer
-    with console.status("loading the default model and SAE"):
-        sae = SAE.load("default", layer=layer)  # first: a bad layer fails before the model loads
-        lm = load_model("default")
-        sae = sae.to(lm.device)
+    loaded = load_models("default", "default", layer)
+    lm, sae = loaded.lm, loaded.sae
     encoded = encode_text(lm, sae, text, top=top, layer=layer)
     strongest = encoded.strongest(top)
     effects = {e.feature: e for e in token_effects(lm, sae, [f for f, _ in strongest], n=6)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from .common import DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_pair
+from .common import DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_models
 
 
 def register(root: typer.Typer) -> None:
@@ -28,7 +28,8 @@ def encode(
     """
     from ..features.active import encode_text
 
-    lm, sae_ = load_pair(model, sae, layer, device, dtype)
+    loaded = load_models(model, sae, layer, device, dtype)
+    lm, sae_ = loaded.lm, loaded.sae
     result = encode_text(lm, sae_, text, top=top, layer=layer)
     if json:
         emit_json(result)

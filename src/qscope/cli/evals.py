@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import QScopeError
 from ..provenance import record
-from .common import (DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_pair,
+from .common import (DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_models,
                      progress_bar)
 
 app = typer.Typer(help="Evaluation analysis with SAE features (footprints, redundancy, overlap).", no_args_is_help=True)
@@ -68,12 +68,14 @@ def _footprints(benchmarks, footprints_file, model, sae, layer, limit, seed, pos
                 raise QScopeError(f"{footprints_file}: no footprint for {', '.join(missing)} (has {', '.join(by)})")
             fps = [by[_bench_name(b)] for b in benchmarks]
         if keep:
-            return fps, *load_pair(model, sae, layer, device, dtype)
+            loaded = load_models(model, sae, layer, device, dtype)
+            return fps, loaded.lm, loaded.sae
         return fps, None, None
     if not benchmarks:
         raise QScopeError("name at least one benchmark (or pass --footprints FILE)")
     item_sets = [(_bench_name(b), _items(b, limit, seed, template, answer_field, choices_field)) for b in benchmarks]
-    lm, sae_ = load_pair(model, sae, layer, device, dtype)
+    loaded = load_models(model, sae, layer, device, dtype)
+    lm, sae_ = loaded.lm, loaded.sae
     cfg = FootprintConfig(layer=layer, position=position, max_length=max_length, batch_size=batch_size)
     out = []
     with progress_bar() as bar:
@@ -188,18 +190,12 @@ def _multi_layer_footprints(benchmarks, model, sae, layers, limit, seed, positio
                             template, answer_field, choices_field, device, dtype):
     """{'L15': [...], 'L15-any': [...]}: every layer (and position) from one forward per batch."""
     from ..evals.footprint import FootprintConfig, compute_footprints
-    from ..model import load_model
-    from ..sae import SAE
 
     if not benchmarks:
         raise QScopeError("name at least one benchmark")
     item_sets = [(_bench_name(b), _items(b, limit, seed, template, answer_field, choices_field)) for b in benchmarks]
-    with console.status("loading model and SAEs"):
-        lm = load_model(model, device=device, dtype=dtype)
-        saes = [SAE.load(sae, layer=n, device=lm.device) for n in layers]
-    layers = [lm.check_sae(s, n) for s, n in zip(saes, layers)]
-    for n, s in zip(layers, saes):
-        s.cfg.layer = n
+    lm, by_layer = load_models(model, sae, layers, device, dtype)
+    layers, saes = list(by_layer), list(by_layer.values())
     positions = ["last", "any"] if position == "both" else [position]
     labels = [f"L{n}" + ("" if p == "last" else f"-{p}") for n in layers for p in positions]
     groups: dict[str, list] = {label: [] for label in labels}

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .common import DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_pair, read_texts
+from .common import DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_models, read_texts
 
 app = typer.Typer(help="Find and describe features.", no_args_is_help=True)
 
@@ -42,7 +42,8 @@ def contrast_cmd(
     from ..features.search import contrast
 
     pos_texts, neg_texts = read_texts(pos, limit), read_texts(neg, limit)
-    lm, sae_ = load_pair(model, sae, layer, device, dtype)
+    loaded = load_models(model, sae, layer, device, dtype)
+    lm, sae_ = loaded.lm, loaded.sae
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("encoding texts", total=len(pos_texts) + len(neg_texts))
         result = contrast(lm, sae_, pos_texts, neg_texts, layer, top=top, by=by, progress=lambda: bar.advance(task))
@@ -74,7 +75,8 @@ def tokens_cmd(
     """
     from ..features.search import features_for_tokens
 
-    lm, sae_ = load_pair(model, sae, layer)
+    loaded = load_models(model, sae, layer)
+    lm, sae_ = loaded.lm, loaded.sae
     rows = features_for_tokens(lm, sae_, tokens, top=top, suppress=suppress)
     if json:
         emit_json([{"feature": f, "score": s} for f, s in rows])
@@ -133,7 +135,8 @@ def build_cmd(
 
     if n_texts < 1:
         raise QScopeError("--n-texts must be at least 1")
-    lm, sae_ = load_pair(model, sae, layer, device, dtype)
+    loaded = load_models(model, sae, layer, device, dtype)
+    lm, sae_ = loaded.lm, loaded.sae
     layer_ = lm.check_sae(sae_, layer)
     path = out or default_store_path(model, sae, layer_)
     if corpus == "mix":

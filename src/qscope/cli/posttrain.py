@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import JsonOpt, ModelOpt, SaeOpt, console, emit_json, read_texts
+from .common import JsonOpt, ModelOpt, SaeOpt, console, emit_json, load_models, read_texts
 
 app = typer.Typer(help="SAE-guided post-training: SASFT against code-switching, SAE-guided GRPO against repetition.",
                   no_args_is_help=True)
@@ -56,14 +56,10 @@ def language_cmd(
 
     Example: qscope posttrain features language zh --texts zh=chinese,en=brown --layers 24 --out zh.json
     """
-    from ..model import load_model
     from ..posttrain import choose_language_features
-    from ..sae import SAE
 
     by_lang = _texts_by_lang(texts, limit)
-    with console.status("loading model"):
-        lm = load_model(model)
-    saes = {layer: SAE.load(sae, layer=layer) for layer in _layers(layers)}
+    lm, saes = load_models(model, sae, _layers(layers))
     with console.status("monolinguality and alphas"):
         chosen = choose_language_features(lm, saes, by_lang, lang, top=top, max_length=64)
     for layer, res in chosen.layers.items():
@@ -98,14 +94,11 @@ def repetition_cmd(
 
     Example: qscope posttrain features repetition --layer 15 --check --out rep.json
     """
-    from ..model import load_model
     from ..posttrain import causal_check, repetition_features, repetitive_corpus
-    from ..sae import SAE
 
     base = read_texts(texts, 400)
-    with console.status("loading model and SAE"):
-        lm = load_model(model)
-        sae_ = SAE.load(sae, layer=layer)
+    loaded = load_models(model, sae, layer)
+    lm, sae_ = loaded.lm, loaded.sae
     passages = repetitive_corpus(base, n=n)
     from rich.progress import Progress
 
@@ -183,10 +176,8 @@ def sasft_cmd(
 
     from ..errors import QScopeError
     from ..io import write_json
-    from ..model import load_model
     from ..posttrain import LanguageFeatureSet, SASFTConfig, run_sasft
     from ..provenance import record
-    from ..sae import SAE
 
     examples = _sft_examples(data)
     if not features.is_file():
@@ -197,9 +188,7 @@ def sasft_cmd(
         raise QScopeError(f"{features}: not valid JSON") from None
     cfg = SASFTConfig(lam=lam, features=spec.features, alphas=spec.alphas, lang=spec.lang, lr=lr, steps=steps,
                       batch=batch, seed=seed, max_length=max_length, lora_rank=lora)
-    with console.status("loading model"):
-        lm = load_model(model, dtype="float32")  # trained: bf16 weights round small AdamW steps away
-    saes = {layer: SAE.load(sae, layer=layer) for layer in cfg.layers}
+    lm, saes = load_models(model, sae, cfg.layers, dtype="float32")  # trained: bf16 weights round small AdamW steps away
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("SASFT", total=steps)
         res = run_sasft(lm, saes, examples, cfg, on_step=lambda s: bar.update(
@@ -239,16 +228,17 @@ def grpo_cmd(
     from ..io import write_json
     from ..model import load_model
     from ..posttrain import GRPOConfig, add_lora, train_grpo
-    from ..sae import SAE
     from ..steer import Steering
 
     ps = read_texts(prompts, 10_000)
-    with console.status("loading model"):
-        lm = load_model(model, dtype="float32")  # trained: fp32, as in sasft
     steer = None
-    if features:
-        sae_ = SAE.load(sae, layer=layer)
-        steer = Steering.add(sae_, {int(f): strength for f in features.split(",")})
+    if features:  # trained: fp32, as in sasft
+        loaded = load_models(model, sae, layer, dtype="float32")
+        lm = loaded.lm
+        steer = Steering.add(loaded.sae, {int(f): strength for f in features.split(",")})
+    else:
+        with console.status("loading model"):
+            lm = load_model(model, dtype="float32")
     add_lora(lm, r=8, alpha=16)
     cfg = GRPOConfig(group_size=group, prompts_per_step=per_step, max_new_tokens=tokens, lr=lr, kl_coef=kl, steer=steer)
     with Progress(console=console, transient=True) as bar:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import QScopeError
-from .common import DtypeOpt, console, emit_json
+from .common import DtypeOpt, console, emit_json, load_models
 
 HELD_OUT = "held-out"
 
@@ -111,15 +111,13 @@ def eval_(
     """
     from ..io import write_json
     from ..metrics import evaluate_sae
-    from ..model import load_model
     from ..provenance import record
-    from ..sae import SAE
 
     texts, where = read_texts(data, n_texts)
     if not texts:
         raise QScopeError(f"--data {data}: no texts")
-    lm = load_model(model, device=device, dtype=dtype)
-    sae = SAE.load(sae_source, layer=layer, device=lm.device)
+    loaded = load_models(model, sae_source, layer, device, dtype)
+    lm, sae = loaded.lm, loaded.sae
     if sae.cfg.model_name and sae.cfg.model_name not in (lm.name, model):
         console.print(f"[yellow]note:[/] the SAE was made for {sae.cfg.model_name}, the model is {lm.name}")
     res = evaluate_sae(lm, sae, texts, layer=layer, max_length=max_length, batch_size=batch_size,

@@ -31,16 +31,12 @@ def load_served(model: str, sae: str, layers: list[int] | None, store_files: lis
     """Model, {layer: SAE} and {layer: FeatureStore | None}; stores default to
     QSCOPE_HOME/stores/<model>-<sae>-layer<L>.sqlite where such a file exists."""
     from ..features.store import FeatureStore, default_store_path
-    from ..model import load_model
-    from ..sae import SAE
-    from ..sae.registry import default_layers
+    from ..model import load
 
-    if layers is None:
-        if sae != "default":
-            raise QScopeError("--layers is needed with a non-default --sae, e.g. --layers 12")
-        layers = default_layers()
-    lm = load_model(model, device=device, dtype=dtype)
-    saes = {layer: SAE.load(sae, layer=layer, device=lm.device) for layer in layers}
+    if layers is None and sae != "default":
+        raise QScopeError("--layers is needed with a non-default --sae, e.g. --layers 12")
+    lm, saes = load(model, sae, layers, device=device, dtype=dtype)
+    layers = list(saes)
     stores: dict[int, FeatureStore | None] = {}
     for path in store_files:
         store = FeatureStore(path)

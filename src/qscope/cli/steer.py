@@ -17,7 +17,7 @@ from .common import (
     SaeOpt,
     console,
     emit_json,
-    load_pair,
+    load_models,
     progress_bar,
     read_texts,
 )
@@ -74,7 +74,8 @@ def run(
     from ..steer import Steering
 
     edits = [parse_edit(s, mode, relative, gate) for s in feature]  # bad specs fail before the model loads
-    lm, sae_ = load_pair(model, sae, layer, device, dtype)
+    loaded = load_models(model, sae, layer, device, dtype)
+    lm, sae_ = loaded.lm, loaded.sae
     steering = Steering(sae_, edits, positions, layer)
     with console.status("generating"):
         plain = lm.generate(prompt, max_new_tokens=max_new_tokens, chat=chat)
@@ -197,7 +198,8 @@ def eval_(
     texts = read_texts(prompts, limit) if prompts else NEUTRAL_PROMPTS[:limit]
     pos_texts = read_texts(pos) if pos else []
     neg_texts = read_texts(neg) if neg else []
-    lm, sae_ = load_pair(model, sae, layer, device, dtype)
+    loaded = load_models(model, sae, layer, device, dtype)
+    lm, sae_ = loaded.lm, loaded.sae
     Steering(sae_, [parse_edit(f"{f}:0", mode, relative, gate) for f in feature], positions, layer)  # check early
 
     if names:

@@ -17,7 +17,7 @@ from .common import (
     SaeOpt,
     console,
     emit_json,
-    load_pair,
+    load_models,
     progress_bar,
     read_texts,
 )
@@ -82,7 +82,8 @@ def coverage_cmd(
     from ..io import write_json
     from ..provenance import record
 
-    lm, sae_ = load_pair(model, sae, layer, device)
+    loaded = load_models(model, sae, layer, device)
+    lm, sae_ = loaded.lm, loaded.sae
     ids = _targets(lm, sae_, targets, contrast_pos, contrast_neg, n_targets, limit)
     items = read_texts(texts, limit)
     with progress_bar() as bar:
@@ -160,7 +161,8 @@ def generate_cmd(
     from ..io import write_json
     from ..provenance import record
 
-    lm, sae_ = load_pair(model, sae, layer, device)
+    loaded = load_models(model, sae, layer, device)
+    lm, sae_ = loaded.lm, loaded.sae
     ids = _targets(lm, sae_, targets, contrast_pos, contrast_neg, n_targets, limit)
     describe = None
     if examples:

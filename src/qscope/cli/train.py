@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import typer
 
 from ..errors import QScopeError
+from ..train import TrainConfig
 from .common import console, emit_json
+
+DEFAULTS = TrainConfig()
 
 TRAIN_HELP = """Train TopK SAEs on residual-stream layers (several layers side by side, one LM pass).
 
@@ -49,61 +52,87 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="train")
 
 
+# The TrainConfig fields `qscope train` takes as options: field -> (flags, help, typer keywords).
+# Each option's type and the default its help shows come from TrainConfig; a "[...]" in the help
+# is the rule TrainConfig applies when the field is left unset. Counts take "2M", "500k" ...
+FIELD_OPTIONS: dict[str, tuple[tuple[str, ...], str, dict[str, Any]]] = {
+    "model": (("--model", "-m"), "`default`, an HF folder/hub id, or a .gguf.", {}),
+    "layers": (("--layers", "-l"), "Comma-separated layers, e.g. 3,15,24.", {}),
+    "out_dir": (("--out", "-o"), "Output folder.", {}),
+    "data": (("--data",), "`mix` (default corpus mix), a corpus name, file or folder.", {}),
+    "cache_dir": (("--cache",), "Train from this activation cache (built if missing).", {}),
+    "total_tokens": (("--tokens", "-t"), "Training tokens, e.g. 2M, 500k.", {}),
+    "batch_size": (("--batch-size",), "Tokens per step (all ranks).", {"min": 1}),
+    "expansion": (("--expansion",), "d_sae = expansion x d_model.", {"min": 1}),
+    "d_sae": (("--d-sae",), "Number of latents (overrides --expansion).", {"min": 1}),
+    "k": (("--k", "-k"), "Active latents per token.", {"min": 1}),
+    "lr": (("--lr",), "Adam lr. [2e-4 / sqrt(d_sae / 2^14)]", {}),
+    "warmup_steps": (("--warmup-steps",), "Steps of linear lr warmup. [min(1000, steps/10)]", {"min": 0}),
+    "lr_decay_frac": (("--lr-decay",), "Linear decay over this last fraction.", {}),
+    "auxk_alpha": (("--auxk-alpha",), "AuxK loss weight.", {}),
+    "dead_after_tokens": (("--dead-after",), "Tokens unfired before a latent is dead. [min(10M, tokens/10)]", {}),
+    "ctx_len": (("--ctx-len",), "Tokens per packed sequence.", {"min": 1}),
+    "lm_batch": (("--lm-batch",), "Sequences per LM forward.", {"min": 1}),
+    "norm_mult": (("--norm-mult",), "Drop tokens above this x median norm.", {}),
+    "buffer_tokens": (("--buffer-tokens",), "Shuffle buffer size.", {}),
+    "holdout_shards": (("--holdout-shards",), "With --cache: keep the last N shards out, for eval.", {"min": 0}),
+    "ckpt_every": (("--ckpt-every",), "Checkpoint every N steps.", {"min": 1}),
+    "log_every": (("--log-every",), "Metrics row every N steps.", {"min": 1}),
+    "seed": (("--seed",), "Seed of the data order and the SAEs' initialisation.", {"min": 0}),
+    "device": (("--device",), "auto, cpu, cuda, cuda:1, ...", {}),
+    "dtype": (("--dtype",), "The LM's dtype: auto, float32, bfloat16.", {}),
+    "matmul": (("--matmul",), "Encoder matmul precision: auto (tf32 on CUDA, fp32 on CPU), fp32, tf32, bf16.", {}),
+}
+# Option types that differ from the field's: folders, and text that TrainConfig.from_dict parses
+# (counts like "2M", layer lists like "3,15,24").
+OPTION_TYPES = {"out_dir": Path, "cache_dir": Path, "layers": str, "total_tokens": str, "dead_after_tokens": str,
+                "buffer_tokens": str}
+
+
+def with_field_options(command):
+    """Add one option per FIELD_OPTIONS entry to `command`, after its `overwrite` parameter (typer
+    reads `__signature__`); the values arrive as keyword arguments named after the fields, None
+    when not given, so a config file's values stand unless a flag overrides them."""
+    import inspect
+    import typing
+
+    types = typing.get_type_hints(TrainConfig)
+    generated = []
+    for name, (flags, text, keywords) in FIELD_OPTIONS.items():
+        default = getattr(DEFAULTS, name)
+        shown = f" [{default:g}]" if isinstance(default, float) else f" [{default}]" if default not in (None, []) else ""
+        cli_type = OPTION_TYPES.get(name) or next(t for t in typing.get_args(types[name]) or (types[name],)
+                                                  if t is not type(None))  # `int | None` -> int
+        option = typer.Option(*flags, help=text + shown, **keywords)
+        generated.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                           annotation=Annotated[Optional[cli_type], option]))
+    signature = inspect.signature(command)
+    own = [p for p in signature.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    cut = [p.name for p in own].index("overwrite") + 1
+    command.__signature__ = signature.replace(parameters=[*own[:cut], *generated, *own[cut:]])
+    return command
+
+
+@with_field_options
 def train_command(
     ctx: typer.Context,
     config: Path | None = typer.Option(None, "--config", help="JSON or TOML file of TrainConfig fields."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this output folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out (its checkpoint, "
                                    "metrics and layer<N>/ SAEs)."),
-    model: str | None = typer.Option(None, "--model", "-m", help="`default`, an HF folder/hub id, or a .gguf."),
-    layers: str | None = typer.Option(None, "--layers", "-l", help="Comma-separated layers, e.g. 3,15,24."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder."),
-    data: str | None = typer.Option(None, "--data", help="`mix` (default corpus mix), a corpus name, file or folder."),
-    cache: Path | None = typer.Option(None, "--cache", help="Train from this activation cache (built if missing)."),
-    tokens: str | None = typer.Option(None, "--tokens", "-t", help="Training tokens, e.g. 2M, 500k."),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Tokens per step (all ranks). [4096]"),
-    expansion: int | None = typer.Option(None, "--expansion", min=1, help="d_sae = expansion x d_model. [16]"),
-    d_sae: int | None = typer.Option(None, "--d-sae", min=1, help="Number of latents (overrides --expansion)."),
-    k: int | None = typer.Option(None, "--k", "-k", min=1, help="Active latents per token. [50]"),
-    lr: float | None = typer.Option(None, "--lr", help="Adam lr. [2e-4 / sqrt(d_sae / 2^14)]"),
-    warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0, help="[min(1000, steps/10)]"),
-    lr_decay: float | None = typer.Option(None, "--lr-decay", help="Linear decay over this last fraction. [0]"),
-    auxk_alpha: float | None = typer.Option(None, "--auxk-alpha", help="AuxK loss weight. [1/32]"),
-    dead_after: str | None = typer.Option(None, "--dead-after", help="Tokens unfired before a latent is dead. "
-                                             "[min(10M, tokens/10)]"),
-    ctx_len: int | None = typer.Option(None, "--ctx-len", min=1, help="Tokens per packed sequence. [256]"),
-    lm_batch: int | None = typer.Option(None, "--lm-batch", min=1, help="Sequences per LM forward. [32]"),
-    norm_mult: float | None = typer.Option(None, "--norm-mult", help="Drop tokens above this x median norm. [10]"),
-    buffer_tokens: str | None = typer.Option(None, "--buffer-tokens", help="Shuffle buffer size. [65536]"),
-    holdout_shards: int | None = typer.Option(None, "--holdout-shards", min=0,
-                                                 help="With --cache: keep the last N shards out, for eval."),
-    ckpt_every: int | None = typer.Option(None, "--ckpt-every", min=1, help="Checkpoint every N steps. [200]"),
-    log_every: int | None = typer.Option(None, "--log-every", min=1, help="Metrics row every N steps. [10]"),
-    seed: int | None = typer.Option(None, "--seed", min=0, help="[0]"),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, ... [auto]"),
-    dtype: str | None = typer.Option(None, "--dtype", help="The LM's dtype: auto, float32, bfloat16. [auto]"),
-    matmul: str | None = typer.Option(None, "--matmul", help="Encoder matmul precision: auto (tf32 on CUDA, "
-                                         "fp32 on CPU), fp32, tf32, bf16. [auto]"),
     save_fp16: bool = typer.Option(False, "--save-fp16", help="Save the SAEs in float16 (default float32)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress display."),
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON on stdout."),
+    **fields: Any,
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from ..train import TrainConfig, Trainer, parse_count, parse_layers
+    from ..train import Trainer
 
-    flags: dict[str, Any] = {
-        "model": model, "layers": parse_layers(layers) if layers is not None else None,
-        "out_dir": str(out) if out else None, "data": data, "cache_dir": str(cache) if cache else None,
-        "total_tokens": parse_count(tokens) if tokens else None, "batch_size": batch_size, "expansion": expansion,
-        "d_sae": d_sae, "k": k, "lr": lr, "warmup_steps": warmup_steps, "lr_decay_frac": lr_decay,
-        "auxk_alpha": auxk_alpha, "dead_after_tokens": parse_count(dead_after) if dead_after else None,
-        "ctx_len": ctx_len, "lm_batch": lm_batch, "norm_mult": norm_mult,
-        "buffer_tokens": parse_count(buffer_tokens) if buffer_tokens else None, "holdout_shards": holdout_shards,
-        "ckpt_every": ckpt_every, "log_every": log_every, "seed": seed, "device": device, "dtype": dtype, "matmul": matmul,
-        "save_dtype": "float16" if save_fp16 else None,
-    }
-    flags = {key: value for key, value in flags.items() if value is not None}
+    flags = {key: str(value) if isinstance(value, Path) else value for key, value in fields.items() if value is not None}
+    if save_fp16:
+        flags["save_dtype"] = "float16"
+    out = fields["out_dir"]
     if resume is not None:
         saved = resume / "config.json"
         if not saved.is_file():
@@ -117,7 +146,7 @@ def train_command(
     elif config is not None:
         base = TrainConfig.from_file(config).to_dict()
     else:
-        base = TrainConfig().to_dict()
+        base = DEFAULTS.to_dict()
     cfg = TrainConfig.from_dict({**base, **flags})
     if not cfg.out_dir:
         raise QScopeError("no output folder: give --out DIR (or --resume DIR)")
@@ -131,19 +160,19 @@ def train_command(
 
 
 def cache_command(
-    model: str = typer.Option("default", "--model", "-m", help="`default`, an HF folder/hub id, or a .gguf."),
+    model: str = typer.Option(DEFAULTS.model, "--model", "-m", help="`default`, an HF folder/hub id, or a .gguf."),
     layers: str = typer.Option(..., "--layers", "-l", help="Comma-separated layers, e.g. 3,15,24."),
     out: Path = typer.Option(..., "--out", "-o", help="Cache folder."),
-    tokens: str = typer.Option("2M", "--tokens", "-t", help="Tokens to store, e.g. 2M."),
-    data: str = typer.Option("mix", "--data", help="`mix`, a corpus name, a file or a folder."),
-    ctx_len: int = typer.Option(256, "--ctx-len", min=1, help="Tokens per packed sequence."),
-    lm_batch: int = typer.Option(32, "--lm-batch", min=1, help="Sequences per LM forward."),
-    norm_mult: float = typer.Option(10.0, "--norm-mult", help="Drop tokens above this x median norm."),
+    tokens: str = typer.Option(str(DEFAULTS.total_tokens), "--tokens", "-t", help="Tokens to store, e.g. 2M."),
+    data: str = typer.Option(DEFAULTS.data, "--data", help="`mix`, a corpus name, a file or a folder."),
+    ctx_len: int = typer.Option(DEFAULTS.ctx_len, "--ctx-len", min=1, help="Tokens per packed sequence."),
+    lm_batch: int = typer.Option(DEFAULTS.lm_batch, "--lm-batch", min=1, help="Sequences per LM forward."),
+    norm_mult: float = typer.Option(DEFAULTS.norm_mult, "--norm-mult", help="Drop tokens above this x median norm."),
     shard_tokens: str = typer.Option("32768", "--shard-tokens", help="Tokens per shard file."),
-    store_dtype: str = typer.Option("float16", "--store-dtype", help="float16, bfloat16 or float32."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the `mix` data order."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),
-    dtype: str = typer.Option("auto", "--dtype", help="The LM's dtype."),
+    store_dtype: str = typer.Option(DEFAULTS.store_dtype, "--store-dtype", help="float16, bfloat16 or float32."),
+    seed: int = typer.Option(DEFAULTS.seed, "--seed", min=0, help="Seed of the `mix` data order."),
+    device: str = typer.Option(DEFAULTS.device, "--device", help="auto, cpu, cuda, ..."),
+    dtype: str = typer.Option(DEFAULTS.dtype, "--dtype", help="The LM's dtype."),
     as_json: bool = typer.Option(False, "--json", help="Print the cache's meta as JSON on stdout."),
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

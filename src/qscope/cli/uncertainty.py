@@ -32,7 +32,8 @@ NewTokensOpt = typer.Option(24, min=1, help="Open answers: tokens generated (the
 ChatOpt = typer.Option(False, help="Wrap prompts in the model's chat template (letter scoring and open answers).")
 
 
-def _parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
+def _parse_layers(spec: str | None, n_layers: int | None) -> list[int] | None:
+    """Layers of a spec ('all' -> None, 'none' -> []), checked against `n_layers` when given."""
     if spec is None or spec.strip().lower() == "all":
         return None
     if spec.strip().lower() == "none":
@@ -41,29 +42,33 @@ def _parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
         layers = [int(x) for x in spec.replace(" ", "").split(",") if x]
     except ValueError:
         raise QScopeError(f"layers must be comma-separated integers, 'all' or 'none'; got {spec!r}") from None
-    bad = [x for x in layers if not 0 <= x < n_layers]
+    bad = [x for x in layers if n_layers is not None and not 0 <= x < n_layers]
     if bad:
         raise QScopeError(f"layer {bad[0]} out of range: the model has layers 0..{n_layers - 1}")
     return layers
 
 
 def _label(benchmark: str, limit: int, split: str | None, seed: int, model: str, device: str | None, mc_scoring: str,
-           mc_trace: int, new_tokens: int, chat: bool):
+           mc_trace: int, new_tokens: int, chat: bool, sae: str = "none", sae_layers: list[int] | None = None):
+    """(lm, {layer: SAE}, labelled set); the SAEs of `sae_layers` are loaded with the model."""
     from rich.progress import Progress
 
     from ..evals.benchmarks import load_benchmark
-    from ..model import load_model
+    from ..model import load, load_model
     from ..uncertainty import LabelConfig, build_labelled_set
 
     with console.status("loading benchmark and model"):
         items = load_benchmark(benchmark, split=split, limit=limit, seed=seed)
-        lm = load_model(model, device=device)
+        if sae_layers:
+            lm, saes = load(model, sae, sae_layers, device=device)
+        else:
+            lm, saes = load_model(model, device=device), {}
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"labelling {benchmark}", total=len(items))
         cfg = LabelConfig(max_new_tokens=new_tokens, mc_scoring=mc_scoring, mc_trace_tokens=mc_trace, chat=chat)
         data = build_labelled_set(lm, items, cfg, benchmark=benchmark,
                                   progress=lambda n: bar.advance(task, n))
-    return lm, data
+    return lm, saes, data
 
 
 @app.command("label")
@@ -86,7 +91,7 @@ def label_cmd(
 
     Example: qscope uncertainty label arc_easy --limit 300 --mc-scoring cloze
     """
-    _, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens, chat)
+    _, _, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens, chat)
     info = {"benchmark": benchmark, "model": data.model, "n_items": len(data.items), "n_correct": int(data.labels.sum()),
             "accuracy": round(data.accuracy, 4), "kind": data.items[0].kind}
     if json:
@@ -122,17 +127,12 @@ def report_cmd(
 
     Example: qscope uncertainty report arc_easy --limit 300 --mc-scoring cloze --layers 6,15,24 --out docs/uncertainty
     """
-    from ..sae import SAE
     from ..provenance import record
     from ..uncertainty import analyse, summary_rows, write_report
 
-    lm, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens, chat)
-    saes = {}
-    if sae.lower() != "none":
-        with console.status("loading SAEs"):
-            for layer in _parse_layers(layers, lm.n_layers) or []:
-                saes[layer] = SAE.load(sae, layer=layer)
-                lm.check_sae(saes[layer], layer)
+    sae_layers = [] if sae.lower() == "none" else _parse_layers(layers, None) or []
+    lm, saes, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens,
+                            chat, sae, sae_layers)
     with console.status("scoring") as status:
         report = analyse(data, saes, _parse_layers(probe_layers, lm.n_layers), lm=lm, folds=folds, seed=seed,
                          n_boot=n_boot, progress=lambda msg: status.update(f"scoring: {msg}"))

@@ -121,11 +121,9 @@ def given(*objects):
 
 def load_default(model: str, sae: str, layers: tuple[int, ...]):
     """Loader used by the CLI: each Ray actor loads the model and the SAEs itself."""
-    from ..model import load_model
-    from ..sae import SAE
+    from ..model import load
 
-    lm = load_model(model)
-    return lm, {l: SAE.load(sae, layer=l, device=lm.device) for l in layers}
+    return tuple(load(model, sae, list(layers)))
 
 
 class RayClassifier:

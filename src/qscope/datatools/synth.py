@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
@@ -22,6 +20,7 @@ import numpy as np
 
 from ..errors import QScopeError
 from ..io import atomic_path
+from ..llm import ChatClient
 from .cache import encode_examples
 
 NEUTRAL_PROMPTS = (
@@ -303,42 +302,17 @@ class Endpoint:
     describe_untargeted: bool = False  # True: describe(None) gives the random-baseline description
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise QScopeError(f"endpoint URL must start with http:// or https://, got {self.base_url!r}")
         if "{description}" not in self.template:
             raise QScopeError("the prompt template must contain {description}")
-        self.api_key = self.api_key or os.environ.get("OPENAI_API_KEY")
+        self.client = ChatClient(self.base_url, self.api_key or os.environ.get("OPENAI_API_KEY"), self.timeout)
 
     @property
     def name(self) -> str:
         return f"endpoint:{self.model}"
 
     def _complete(self, prompt: str, seed: int) -> str:
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": [{"role": "user", "content": prompt}],
-                "temperature": self.temperature,
-                "max_tokens": self.max_tokens,
-                "seed": seed,
-            }
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        url = self.base_url.rstrip("/") + "/chat/completions"
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=self.timeout) as resp:
-                data = json.loads(resp.read().decode("utf-8"))
-            return str(data["choices"][0]["message"]["content"])
-        except urllib.error.HTTPError as exc:
-            raise QScopeError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise QScopeError(f"{url}: cannot reach the endpoint ({getattr(exc, 'reason', exc)})") from None
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise QScopeError(
-                f"{url}: reply is not an OpenAI chat completion (no choices[0].message.content)"
-            ) from None
+        return self.client.complete([{"role": "user", "content": prompt}], self.model, temperature=self.temperature,
+                                    max_tokens=self.max_tokens, seed=seed)
 
     def generate(self, target: int | None, n: int, seed: int) -> list[dict]:
         description = (

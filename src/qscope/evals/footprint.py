@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import QScopeError
-from ..io import append_lines
+from ..io import ItemCache
 from ..paths import file_slug, home_dir
 from .benchmarks import BenchItem, item_key, resume_order
 
@@ -93,20 +93,6 @@ def cache_file(lm, sae, layer: int, position: str, benchmark: str, max_length: i
     return root / key / f"{file_slug(benchmark)}.jsonl"
 
 
-def read_cache(path: Path) -> dict[tuple[str, str], np.ndarray]:
-    """{(item id, prompt hash): features}; a torn last line (killed mid-write) is ignored."""
-    out: dict[tuple[str, str], np.ndarray] = {}
-    if not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-            out[(rec["id"], rec["h"])] = np.asarray(rec["f"], dtype=np.int64)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return out
-
-
 # ---------------------------------------------------------------------------- compute
 @contextmanager
 def left_truncation(lm) -> Iterator[None]:
@@ -163,7 +149,7 @@ def compute_footprints(lm, saes: Sequence, items: Sequence[BenchItem], config: F
     combos = [(sae, layer, pos) for sae, layer in zip(saes, layers) for pos in positions]
     paths = [cache_file(lm, sae, layer, pos, benchmark, config.max_length, None if cache is True else cache)
              if cache is not False else None for sae, layer, pos in combos]
-    found = [read_cache(path) if path else {} for path in paths]
+    found = [ItemCache(path) for path in paths]  # records {"id", "h", "f": feature ids}
     todo = [j for j, key in enumerate(keys) if any(key not in f for f in found)]
     if progress and len(items) > len(todo):
         progress(len(items) - len(todo))
@@ -174,19 +160,19 @@ def compute_footprints(lm, saes: Sequence, items: Sequence[BenchItem], config: F
             cap = lm.capture([items[j].prompt for j in chunk], sorted(set(layers)), max_length=config.max_length,
                              batch_size=config.batch_size)
         codes = {}
-        for (sae, layer, pos), path, got in zip(combos, paths, found):
-            lines = []
+        for (sae, layer, pos), got in zip(combos, found):
+            records = []
             for row, j in enumerate(chunk):
                 if (id(sae), row) not in codes:
                     v, i = sae.encode_topk(cap.acts[layer][row][cap.mask[row]], sae.cfg.k or 64)
                     codes[id(sae), row] = (v.float().cpu(), i.cpu())
-                got[keys[j]] = item_features(*codes[id(sae), row], pos)
-                lines.append(json.dumps({"id": keys[j][0], "h": keys[j][1], "f": got[keys[j]].tolist()}))
-            if path:
-                append_lines(path, lines)
+                features = item_features(*codes[id(sae), row], pos)
+                records.append({"id": keys[j][0], "h": keys[j][1], "f": features.tolist()})
+            got.add(records)
         if progress:
             progress(len(chunk))
-    return [Footprint(benchmark, [k[0] for k in keys], [got[k] for k in keys], sae.cfg.d_sae, layer, pos,
+    return [Footprint(benchmark, [k[0] for k in keys], [np.asarray(got[k]["f"], dtype=np.int64) for k in keys],
+                      sae.cfg.d_sae, layer, pos,
                       {"model": lm.name, "sae": sae_fingerprint(sae), "max_length": config.max_length})
             for (sae, layer, pos), got in zip(combos, found)]
 

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from ..errors import QScopeError
-from .explain import N_EXAMPLES, ask_llm, base_url, example_text
+from ..llm import ChatClient
+from .explain import N_EXAMPLES, ask_llm, example_text
 
 SYSTEM = ("You check explanations of sparse-autoencoder features of a language model. Given an explanation of "
           "what a feature detects and numbered text excerpts, say in which excerpts the feature fires.")
@@ -59,8 +60,8 @@ class LLMJudge:
     per scoring, the excerpts numbered, the reply the numbers of those that fire."""
 
     def __init__(self, endpoint: str, api_model: str, api_key: str | None = None, timeout: float = 120):
-        base_url(endpoint)  # a malformed URL is refused now, not at the first scoring
-        self.endpoint, self.api_model, self.api_key, self.timeout = endpoint, api_model, api_key, timeout
+        self.client = ChatClient(endpoint, api_key, timeout)  # a malformed URL is refused now, not at the first scoring
+        self.endpoint, self.api_model = endpoint, api_model
         self.name = api_model
 
     def messages(self, explanation: str, excerpts: Sequence[str]) -> list[dict]:
@@ -71,8 +72,8 @@ class LLMJudge:
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
     def __call__(self, explanation: str, excerpts: list[str]) -> list[bool]:
-        reply = ask_llm(self.messages(explanation, excerpts), self.endpoint, self.api_model, self.api_key,
-                        timeout=self.timeout, max_tokens=512)
+        reply = ask_llm(self.messages(explanation, excerpts), self.endpoint, self.api_model, max_tokens=512,
+                        client=self.client)
         return picked(reply, len(excerpts))
 
 

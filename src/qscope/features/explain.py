@@ -2,10 +2,9 @@
 
 The LLM sees what a person would look at on the dashboard - the top contexts with the
 max-activating token marked, and the tokens the feature promotes - and is asked for one short
-phrase. Any server that speaks `POST /v1/chat/completions` works (OpenAI, vLLM, llama.cpp,
-Ollama, LM Studio ...), called through the official `openai` client. `explain_all` explains a
-whole store in concurrent batches and can be stopped and rerun: features that already have an
-explanation from the same model are skipped.
+phrase. Any server that speaks `POST /v1/chat/completions` works (see `qscope.llm`).
+`explain_all` explains a whole store in concurrent batches and can be stopped and rerun: features
+that already have an explanation from the same model are skipped.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import QScopeError
+from ..llm import ChatClient
 from .store import FeatureStore
 from .store.results import Example, Explanation, FeatureDashboard
 
@@ -45,14 +45,6 @@ def explain_prompt(dash: FeatureDashboard, n_examples: int = N_EXAMPLES) -> list
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
 
-def base_url(endpoint: str) -> str:
-    """Accept a base URL (`http://host:8000/v1`) or the full chat-completions URL."""
-    endpoint = endpoint.strip().rstrip("/")
-    if not endpoint.startswith(("http://", "https://")):
-        raise QScopeError(f"endpoint {endpoint!r} must be an http(s) URL, e.g. http://localhost:8000/v1")
-    return endpoint.removesuffix("/chat/completions")
-
-
 def clean_reply(text: str) -> str:
     """Drop reasoning blocks, quotes and extra lines from a model's reply."""
     text = re.sub(r"<think>.*?</think>", "", text, flags=re.S).strip()
@@ -60,38 +52,13 @@ def clean_reply(text: str) -> str:
     return " ".join(text.strip().strip("\"'`").split())[:300]
 
 
-def llm_client(endpoint: str, api_key: str | None = None, timeout: float = 120, retries: int = 2):
-    """An `openai.OpenAI` client for any OpenAI-compatible server (local ones need no key)."""
-    from openai import OpenAI
-
-    return OpenAI(base_url=base_url(endpoint), api_key=api_key or "none", timeout=timeout, max_retries=retries)
-
-
 def ask_llm(messages: list[dict], endpoint: str, api_model: str, api_key: str | None = None, timeout: float = 120,
-            max_tokens: int = 256, client=None) -> str:
-    """One chat completion (temperature 0); every failure becomes one QScopeError line."""
-    import openai
-
-    url = base_url(endpoint) + "/chat/completions"
-    client = client or llm_client(endpoint, api_key, timeout)
-    try:
-        reply = client.chat.completions.create(model=api_model, messages=messages, temperature=0, max_tokens=max_tokens)
-    except openai.APIStatusError as exc:
-        detail = str(exc.message)[:200].replace("\n", " ")
-        raise QScopeError(f"{url}: HTTP {exc.status_code}: {detail}") from None
-    except openai.APITimeoutError:
-        raise QScopeError(f"{url}: no answer within {timeout:g} s") from None
-    except openai.APIConnectionError as exc:
-        raise QScopeError(f"{url}: cannot reach the endpoint ({exc.__cause__ or exc})") from None
-    except openai.OpenAIError as exc:
-        raise QScopeError(f"{url}: {exc}; is this an OpenAI-compatible endpoint?") from None
-    try:
-        content = reply.choices[0].message.content
-    except (AttributeError, IndexError, TypeError):
-        raise QScopeError(f"{url}: the reply has no choices[0].message.content") from None
-    text = clean_reply(content or "")
+            max_tokens: int = 256, client: ChatClient | None = None) -> str:
+    """One explanation (temperature 0), cleaned; an empty one is an error."""
+    client = client or ChatClient(endpoint, api_key, timeout)
+    text = clean_reply(client.complete(messages, api_model, temperature=0, max_tokens=max_tokens))
     if not text:
-        raise QScopeError(f"{url}: the model returned an empty explanation")
+        raise QScopeError(f"{client.url}: the model returned an empty explanation")
     return text
 
 
@@ -127,7 +94,7 @@ def explain_all(store: FeatureStore, endpoint: str, api_model: str, api_key_env:
     done_before = {f for (f,) in store.conn.execute("SELECT DISTINCT feature FROM explanations WHERE source=?",
                                                     (api_model,))}
     todo = [int(f) for f in features if int(f) not in done_before]
-    client = llm_client(endpoint, os.environ.get(api_key_env), timeout)
+    client = ChatClient(endpoint, os.environ.get(api_key_env), timeout)
     added: list[Explanation] = []
     with ThreadPoolExecutor(batch_size) as pool:
         for start in range(0, len(todo), batch_size):

@@ -28,7 +28,7 @@ import torch
 from ..errors import QScopeError
 from ..evals.accuracy import first_line, letter_token_ids, math_correct, open_correct
 from ..evals.benchmarks import LETTERS, BenchItem, item_key
-from ..io import append_lines
+from ..io import ItemCache
 from ..model import hooks
 from ..paths import file_slug, home_dir
 
@@ -76,20 +76,20 @@ class LabelledItem:
     trace_h: list[float] = field(default_factory=list)  # per answer token: entropy (nats)
     resid: np.ndarray | None = None
 
-    def to_json(self, prompt_hash: str) -> str:
+    def to_record(self, prompt_hash: str) -> dict:
+        """The item as a cache record (keyed by id and prompt hash; the residual as fp16 base64)."""
         d = {k: v for k, v in asdict(self).items() if k != "resid"}
         d["h"] = prompt_hash
         d["resid"] = {"shape": list(self.resid.shape),
                       "b64": base64.b64encode(self.resid.astype(np.float16).tobytes()).decode()}
-        return json.dumps(d, ensure_ascii=False)
+        return d
 
     @classmethod
-    def from_json(cls, line: str) -> tuple["LabelledItem", str]:
-        d = json.loads(line)
-        r = d.pop("resid")
-        h = d.pop("h")
+    def from_record(cls, record: dict) -> "LabelledItem":
+        d = {k: v for k, v in record.items() if k not in ("h", "resid")}
+        r = record["resid"]
         resid = np.frombuffer(base64.b64decode(r["b64"]), dtype=np.float16).reshape(r["shape"])
-        return cls(**d, resid=resid), h
+        return cls(**d, resid=resid)
 
 
 @dataclass
@@ -254,18 +254,6 @@ def cache_path(lm, benchmark: str, cfg: LabelConfig, root: Path | None = None) -
     return root / file_slug(lm.name) / f"{file_slug(benchmark)}-{cfg.key()}.jsonl"
 
 
-def _read_cache(path: Path) -> dict[tuple[str, str], LabelledItem]:
-    found: dict[tuple[str, str], LabelledItem] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                item, h = LabelledItem.from_json(line)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # a line cut by a kill: that item is simply redone
-            found[(item.id, h)] = item
-    return found
-
-
 def build_labelled_set(lm, items: Sequence[BenchItem], config: LabelConfig | None = None, benchmark: str | None = None,
                        cache: bool | Path = True, progress: Callable[[int], None] | None = None) -> LabelledSet:
     """Label `items` (one kind) with `lm`; each finished item is appended to the cache at once."""
@@ -279,7 +267,7 @@ def build_labelled_set(lm, items: Sequence[BenchItem], config: LabelConfig | Non
     path = None
     if cache is not False:
         path = cache_path(lm, benchmark, cfg, None if cache is True else Path(cache))
-    found = _read_cache(path) if path else {}
+    found = ItemCache(path)
     keys = [item_key(it) for it in items]
     todo = sorted((j for j, k in enumerate(keys) if k not in found), key=lambda j: len(items[j].prompt))
     if progress and len(items) > len(todo):
@@ -287,10 +275,7 @@ def build_labelled_set(lm, items: Sequence[BenchItem], config: LabelConfig | Non
     for start in range(0, len(todo), cfg.batch_size):
         chunk = todo[start:start + cfg.batch_size]
         done = label_batch(lm, [items[j] for j in chunk], cfg)
-        for j, item in zip(chunk, done):
-            found[keys[j]] = item
-        if path:
-            append_lines(path, (item.to_json(keys[j][1]) for j, item in zip(chunk, done)))
+        found.add(item.to_record(keys[j][1]) for j, item in zip(chunk, done))
         if progress:
             progress(len(chunk))
-    return LabelledSet(benchmark, lm.name, [found[k] for k in keys], asdict(cfg))
+    return LabelledSet(benchmark, lm.name, [LabelledItem.from_record(found[k]) for k in keys], asdict(cfg))
