@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from qscope.data import load_texts, pull_corpus, texts_by_language
 from qscope.features.search import contrast
 from qscope.io import write_json
-from qscope.language import detect_language, language_detector
+from qscope.data.language import detect_language, language_detector
 from qscope.model import load_model
 from qscope.provenance import record
 from qscope.sae import SAE
