@@ -211,7 +211,7 @@ def evaluate_cell(lm, data: dict, args) -> tuple[dict, list[str]]:
 def capability(lm, spec: str) -> dict:
     """Accuracy on a benchmark (choice-text likelihood), `name#items`."""
     from qscope.evals.accuracy import evaluate
-    from qscope.evals.benchmarks import load_benchmark
+    from qscope.data.benchmarks import load_benchmark
 
     name, _, n = spec.partition("#")
     res = evaluate(lm, load_benchmark(name, limit=int(n) if n else None, seed=0), benchmark=name)

@@ -167,7 +167,7 @@ def natural_slips(lm, n: int, cache: dict, tokens: int = 24) -> dict:
     `n` English questions (NQ-open + TriviaQA) and the French questions without an instruction."""
     from collections import Counter
 
-    from qscope.evals.benchmarks import load_benchmark
+    from qscope.data.benchmarks import load_benchmark
 
     items = load_benchmark("nq_open", limit=n // 2, seed=0) + load_benchmark("triviaqa", limit=n - n // 2, seed=0)
     english = [it.prompt.removeprefix("Question: ").split("\nAnswer:")[0] for it in items]

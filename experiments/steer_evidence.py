@@ -67,7 +67,7 @@ CASES = {
 def test_prompts(kind: str, n: int) -> list[str]:
     """The held-out test prompts of a case."""
     if kind == "english":
-        from qscope.evals.benchmarks import load_benchmark
+        from qscope.data.benchmarks import load_benchmark
 
         items = load_benchmark("nq_open", limit=n // 2, seed=0) + load_benchmark("triviaqa", limit=n - n // 2, seed=0)
         return [it.prompt.removeprefix("Question: ").split("\nAnswer:")[0] for it in items]

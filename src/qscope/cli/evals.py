@@ -36,7 +36,7 @@ ChoicesFieldOpt = typer.Option(None, help="For .jsonl benchmarks: the field hold
 
 def _items(spec: str, limit: int, seed: int, template=None, answer_field=None, choices_field=None):
     """Items of 'name[:subject][@split][#limit]' ('#N' overrides --limit for that benchmark)."""
-    from ..evals.benchmarks import load_benchmark
+    from ..data.benchmarks import load_benchmark
 
     spec, _, own = spec.partition("#")
     if own:
@@ -115,7 +115,7 @@ def benchmarks_cmd(json: JsonOpt = False) -> None:
 
     Example: qscope evals benchmarks
     """
-    from ..evals.benchmarks import list_benchmarks
+    from ..data.benchmarks import list_benchmarks
 
     rows = list_benchmarks()
     if json:

@@ -53,7 +53,7 @@ def _label(benchmark: str, limit: int, split: str | None, seed: int, model: str,
     """(lm, {layer: SAE}, labelled set); the SAEs of `sae_layers` are loaded with the model."""
     from rich.progress import Progress
 
-    from ..evals.benchmarks import load_benchmark
+    from ..data.benchmarks import load_benchmark
     from ..model import load, load_model
     from ..uncertainty import LabelConfig, build_labelled_set
 

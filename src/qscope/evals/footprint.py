@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..data.benchmarks import BenchItem, item_key, resume_order
 from ..errors import QScopeError
 from ..io import ItemCache
 from ..paths import file_slug, home_dir
-from .benchmarks import BenchItem, item_key, resume_order
 
 POSITIONS = ("last", "any")
 
@@ -94,18 +93,6 @@ def cache_file(lm, sae, layer: int, position: str, benchmark: str, max_length: i
 
 
 # ---------------------------------------------------------------------------- compute
-@contextmanager
-def left_truncation(lm) -> Iterator[None]:
-    """Over-long prompts lose their beginning, not the question and cue at their end."""
-    tok = lm.tokenizer
-    old = getattr(tok, "truncation_side", "right")
-    tok.truncation_side = "left"
-    try:
-        yield
-    finally:
-        tok.truncation_side = old
-
-
 def item_features(values, indices, position: str) -> np.ndarray:
     """Active feature ids of one text's codes (T, k) at the last token / any token but 0."""
     if position == "last":
@@ -156,7 +143,7 @@ def compute_footprints(lm, saes: Sequence, items: Sequence[BenchItem], config: F
     todo = resume_order(todo, items, config.batch_size)
     for start in range(0, len(todo), config.batch_size):
         chunk = todo[start:start + config.batch_size]
-        with left_truncation(lm):
+        with lm.left_truncation():
             cap = lm.capture([items[j].prompt for j in chunk], sorted(set(layers)), max_length=config.max_length,
                              batch_size=config.batch_size)
         codes = {}
