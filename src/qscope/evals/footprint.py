@@ -9,7 +9,6 @@ it is computed: reruns are free and interrupted runs resume where they stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,18 +76,9 @@ class Footprint:
 
 
 # ---------------------------------------------------------------------------- cache
-def sae_fingerprint(sae) -> str:
-    """A short stable id of an SAE's weights (random SAEs have no name to key a cache by)."""
-    digest = hashlib.sha1()
-    digest.update(json.dumps([sae.cfg.d_model, sae.cfg.d_sae, sae.cfg.k, sae.cfg.activation]).encode())
-    for t in (sae.W_enc[:, :64], sae.b_enc[:64]):
-        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
-
-
 def cache_file(lm, sae, layer: int, position: str, benchmark: str, max_length: int, root: Path | None = None) -> Path:
     root = Path(root) if root else home_dir("footprints")
-    key = f"{file_slug(lm.name)}__sae-{sae_fingerprint(sae)}__L{layer}__{position}__T{max_length}"
+    key = f"{file_slug(lm.name)}__sae-{sae.fingerprint()}-k{sae.cfg.k}__L{layer}__{position}__T{max_length}"
     return root / key / f"{file_slug(benchmark)}.jsonl"
 
 
@@ -160,7 +150,7 @@ def compute_footprints(lm, saes: Sequence, items: Sequence[BenchItem], config: F
             progress(len(chunk))
     return [Footprint(benchmark, [k[0] for k in keys], [np.asarray(got[k]["f"], dtype=np.int64) for k in keys],
                       sae.cfg.d_sae, layer, pos,
-                      {"model": lm.name, "sae": sae_fingerprint(sae), "max_length": config.max_length})
+                      {"model": lm.name, "sae": sae.fingerprint(), "max_length": config.max_length})
             for (sae, layer, pos), got in zip(combos, found)]
 
 
