@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import QScopeError
+from ..parse import int_list
 from ..train import TrainConfig
 from .common import console, emit_json
 
@@ -178,7 +179,7 @@ def cache_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..model.loading import load_model
-    from ..train import build_cache, parse_count, parse_layers
+    from ..train import build_cache, parse_count
 
     total = parse_count(tokens)
     lm = load_model(model, device=device, dtype=dtype)
@@ -191,7 +192,7 @@ def cache_command(
     with Progress(TextColumn("[bold]cache[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
                   TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("", total=total)
-        meta = build_cache(lm, parse_layers(layers), texts, out, total, ctx_len=ctx_len, lm_batch=lm_batch,
+        meta = build_cache(lm, int_list(layers, "--layers"), texts, out, total, ctx_len=ctx_len, lm_batch=lm_batch,
                            norm_mult=norm_mult, shard_tokens=parse_count(shard_tokens), dtype=store_dtype, data=data,
                            progress=lambda done, _total: bar.update(task, completed=done))
     meta = {key: value for key, value in meta.items() if key != "source"}

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import QScopeError
 from ..io import write_json
+from ..parse import int_list
 from ..provenance import record
 from . import checkpoint as ckpt
 from .store import ActivationStore, CacheSource, LMSource, build_cache, read_cache_meta
@@ -194,10 +195,7 @@ def parse_layers(value: str | int | Sequence[int]) -> list[int]:
     if isinstance(value, int):
         return [value]
     if isinstance(value, str):
-        try:
-            return [int(part) for part in value.replace(" ", "").split(",") if part]
-        except ValueError:
-            raise QScopeError(f"layers must be comma-separated integers, got {value!r}") from None
+        return int_list(value, "layers")
     return [int(v) for v in value]
 
 
