@@ -204,7 +204,7 @@ def show_cmd(
     Example: qscope features show 1234 --layer 15
     """
     from ..errors import QScopeError
-    from ..features.render import histogram_png, render_dashboard
+    from .dashboard import histogram_png, render_dashboard
 
     with _open_store(store, model, sae, layer) as st:
         if search is not None or densest:
