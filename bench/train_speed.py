@@ -243,7 +243,7 @@ def run_qscope_e2e(folder: Path, tokens: int, clock: StepClock, out: Path, devic
     cfg = TrainConfig(cache_dir=str(folder), out_dir=str(out), batch_size=BATCH, total_tokens=tokens, k=K,
                       expansion=EXPANSION, lr=LR, holdout_shards=HOLDOUT_SHARDS, log_every=10, ckpt_every=10**9,
                       dead_after_tokens=dead_after(tokens), device=device)
-    trainer = Trainer(cfg, progress=False, on_step=lambda t: clock.tick())
+    trainer = Trainer(cfg, on_step=lambda t: clock.tick())
     summary = trainer.run()
     sae = trainer.trainers[LAYER].sae
 

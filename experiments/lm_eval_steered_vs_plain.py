@@ -18,7 +18,7 @@ from pathlib import Path
 def write_tasks(folder: Path, limit: int, seed: int) -> list[str]:
     """arc_easy as multiple_choice (choices scored by their log-likelihood after 'Answer:') and
     triviaqa as generate_until (exact match against any alias), `limit` items each."""
-    from qscope.evals.benchmarks import LETTERS, load_benchmark
+    from qscope.data.benchmarks import LETTERS, load_benchmark
 
     folder.mkdir(parents=True, exist_ok=True)
     arc = [{"stem": it.stem, "choices": [" " + c for c in it.choices], "gold": LETTERS.index(it.answer)}

@@ -71,7 +71,7 @@ from qscope.data import iter_texts, pull_corpus, texts_by_language  # noqa: E402
 from qscope.errors import QScopeError  # noqa: E402
 from qscope.features.search import collect_stats  # noqa: E402
 from qscope.io import write_json  # noqa: E402
-from qscope.language import contains_language  # noqa: E402
+from qscope.data.language import contains_language  # noqa: E402
 from qscope.metrics import text_perplexity  # noqa: E402
 from qscope.posttrain import (LanguageFeatureSet, SASFTConfig, SFTExample, choose_language_features, run_sasft,  # noqa: E402
                               script_token_ids, selection_split)
@@ -211,7 +211,7 @@ def evaluate_cell(lm, data: dict, args) -> tuple[dict, list[str]]:
 def capability(lm, spec: str) -> dict:
     """Accuracy on a benchmark (choice-text likelihood), `name#items`."""
     from qscope.evals.accuracy import evaluate
-    from qscope.evals.benchmarks import load_benchmark
+    from qscope.data.benchmarks import load_benchmark
 
     name, _, n = spec.partition("#")
     res = evaluate(lm, load_benchmark(name, limit=int(n) if n else None, seed=0), benchmark=name)

@@ -21,7 +21,7 @@ import torch
 
 from qscope import load_model
 from qscope.io import write_json
-from qscope.language import SCRIPT_PATTERNS
+from qscope.data.language import SCRIPT_PATTERNS
 from qscope.provenance import record
 from qscope.sae import SAE
 

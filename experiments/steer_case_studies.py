@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from qscope.data import load_texts, pull_corpus, texts_by_language
 from qscope.features.search import contrast
 from qscope.io import write_json
-from qscope.language import detect_language, language_detector
+from qscope.data.language import detect_language, language_detector
 from qscope.model import load_model
 from qscope.provenance import record
 from qscope.sae import SAE
@@ -167,7 +167,7 @@ def natural_slips(lm, n: int, cache: dict, tokens: int = 24) -> dict:
     `n` English questions (NQ-open + TriviaQA) and the French questions without an instruction."""
     from collections import Counter
 
-    from qscope.evals.benchmarks import load_benchmark
+    from qscope.data.benchmarks import load_benchmark
 
     items = load_benchmark("nq_open", limit=n // 2, seed=0) + load_benchmark("triviaqa", limit=n - n // 2, seed=0)
     english = [it.prompt.removeprefix("Question: ").split("\nAnswer:")[0] for it in items]

@@ -39,7 +39,7 @@ from steer_case_studies import JsonCache, corpus_texts, find_features  # noqa: E
 
 from qscope.features.search import collect_stats, output_features  # noqa: E402
 from qscope.io import write_json  # noqa: E402
-from qscope.language import language_detector, language_judge  # noqa: E402
+from qscope.data.language import language_detector, language_judge  # noqa: E402
 from qscope.model import load_model  # noqa: E402
 from qscope.provenance import record  # noqa: E402
 from qscope.sae import SAE  # noqa: E402
@@ -67,7 +67,7 @@ CASES = {
 def test_prompts(kind: str, n: int) -> list[str]:
     """The held-out test prompts of a case."""
     if kind == "english":
-        from qscope.evals.benchmarks import load_benchmark
+        from qscope.data.benchmarks import load_benchmark
 
         items = load_benchmark("nq_open", limit=n // 2, seed=0) + load_benchmark("triviaqa", limit=n - n // 2, seed=0)
         return [it.prompt.removeprefix("Question: ").split("\nAnswer:")[0] for it in items]
@@ -84,7 +84,7 @@ def _cell(value, ci=None, digits=2) -> str:
 def primary_test(data: dict, budget: float = 0.1) -> list[str]:
     """The registered comparison: best sae vs best diffmean within KL <= budget, paired exact
     McNemar on the same prompts (plus sae vs each random control, for the record)."""
-    from qscope.language import language_judge
+    from qscope.data.language import language_judge
     from qscope.stats import mcnemar_exact
 
     judge = language_judge(data["setup"]["detector"].rsplit("_", 1)[-1])

@@ -53,7 +53,7 @@ def _cfg(cache: Path, out: Path) -> TrainConfig:
 @pytest.fixture(scope="module")
 def reference(cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
-    Trainer(_cfg(cache, out), progress=False, resume=False).run()
+    Trainer(_cfg(cache, out), resume=False).run()
     return out
 
 
@@ -126,16 +126,16 @@ def test_kill_during_checkpoint_swap_then_resume(point, cache, reference, tmp_pa
     with monkeypatch.context() as patch:
         fault = Fault(point, patch)
         with pytest.raises(Killed):
-            Trainer(cfg, progress=False, resume=False, on_step=fault.on_step).run()
+            Trainer(cfg, resume=False, on_step=fault.on_step).run()
     left, resume_from = POINTS[point]
     names = {p.name for p in out.iterdir() if "checkpoint" in p.name}
     assert {n if not n.endswith(".tmp") else ".checkpoint.*.tmp" for n in names} == left
     assert max(_steps(out)) >= CRASH_STEP  # metrics rows past the checkpoint the resume will use
 
     with pytest.raises(QScopeError, match="--overwrite"):  # a plain fresh start must not clobber it
-        Trainer(cfg, progress=False, resume=False).run()
+        Trainer(cfg, resume=False).run()
     first = []
-    summary = Trainer(cfg, progress=False, resume=True, on_step=lambda t: first.append(t.step)).run()
+    summary = Trainer(cfg, resume=True, on_step=lambda t: first.append(t.step)).run()
     assert first[0] == resume_from + 1
     assert summary["steps"] == 50
     assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint"]
@@ -146,18 +146,18 @@ def test_kill_during_checkpoint_swap_then_resume(point, cache, reference, tmp_pa
 
 def test_overwrite_replaces_an_earlier_run(cache, reference, tmp_path):
     out = tmp_path / "run"
-    Trainer(_cfg(cache, out).replace(total_tokens=100 * 10), progress=False, resume=False).run()
+    Trainer(_cfg(cache, out).replace(total_tokens=100 * 10), resume=False).run()
     (out / "layer3").mkdir()  # an SAE folder of an earlier run with other layers
     (out / "layer3" / "cfg.json").write_text("{}")
     (out / "notes.txt").write_text("mine")
-    Trainer(_cfg(cache, out), progress=False, resume=False, overwrite=True).run()
+    Trainer(_cfg(cache, out), resume=False, overwrite=True).run()
     assert _steps(out) == _steps(reference)
     assert not (out / "layer3").exists() and (out / "notes.txt").read_text() == "mine"
 
 
 def test_resume_without_checkpoint_is_an_error(cache, tmp_path):
     with pytest.raises(QScopeError, match="no checkpoint to resume from"):
-        Trainer(_cfg(cache, tmp_path / "nothing"), progress=False, resume=True).run()
+        Trainer(_cfg(cache, tmp_path / "nothing"), resume=True).run()
     assert not (tmp_path / "nothing").exists()
 
 
@@ -169,9 +169,9 @@ def test_failed_fresh_run_leaves_nothing(cache, tmp_path):
             raise RuntimeError("data went away")
 
     with pytest.raises(RuntimeError):
-        Trainer(_cfg(cache, out), progress=False, resume=False, on_step=fail).run()
+        Trainer(_cfg(cache, out), resume=False, on_step=fail).run()
     assert not out.exists()
     os.makedirs(out)
     with pytest.raises(RuntimeError):
-        Trainer(_cfg(cache, out), progress=False, resume=False, on_step=fail).run()
+        Trainer(_cfg(cache, out), resume=False, on_step=fail).run()
     assert out.is_dir() and not any(out.iterdir())  # a folder the user made stays, empty

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from qscope.data.benchmarks import BenchItem, list_benchmarks, load_benchmark, sample
 from qscope.errors import QScopeError
-from qscope.evals.benchmarks import BenchItem, list_benchmarks, load_benchmark, sample
 from qscope.evals.footprint import footprint_from_sets, load_footprints, save_footprints
 from qscope.evals.overlap import overlap_matrix, rank_candidates, unique_features
 from qscope.evals.redundancy import (coverage_curve, kendall_tau_b, performance_redundancy,
@@ -207,13 +207,13 @@ def test_jsonl_with_template_and_choices(tmp_path):
     with pytest.raises(QScopeError, match="field 'missing'"):
         load_benchmark(str(open_path), template="{missing}")
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    with pytest.raises(QScopeError, match="bad.jsonl:1: not JSON"):
+    with pytest.raises(QScopeError, match="bad.jsonl line 1: not valid JSON"):
         load_benchmark(str(tmp_path / "bad.jsonl"))
 
 
 # ---------------------------------------------------------------------------- accuracy helpers
 def test_answer_extractors():
-    from qscope.evals.accuracy import math_correct, open_correct
+    from qscope.data.graders import math_correct, open_correct
 
     assert open_correct(" The Eiffel tower is in Paris.\nQuestion: next", ["paris"])
     assert not open_correct("Lyon", ["Paris"])

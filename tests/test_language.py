@@ -1,11 +1,11 @@
-"""Offline language detection (qscope.language): dominant language, languages contained, code-switching."""
+"""Offline language detection (qscope.data.language): dominant language, languages contained, code-switching."""
 
 import pytest
 
 import qscope.posttrain
-from qscope import language as d
+from qscope.data import language as d
 from qscope.errors import QScopeError
-from qscope.language import (
+from qscope.data.language import (
     UnknownLanguage,
     code_switch_ratio,
     contains_language,

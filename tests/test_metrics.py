@@ -77,7 +77,10 @@ def _expected_counted(lm, texts):
 
 
 def test_perfect_sae(tiny):
-    res = evaluate_sae(tiny, perfect_sae(), TEXTS, batch_size=4)
+    seen = []
+    res = evaluate_sae(tiny, perfect_sae(), TEXTS, batch_size=4, progress=lambda done, total: seen.append((done, total)))
+    batches = -(-res.n_texts // 4)
+    assert seen == [(done, batches) for done in range(batches + 1)]
     assert res.fvu == pytest.approx(0.0, abs=1e-6)
     assert res.explained_variance == pytest.approx(1.0, abs=1e-6)
     assert res.ce_recovered == pytest.approx(1.0, abs=1e-4)

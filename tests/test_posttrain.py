@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from qscope.posttrain import grpo, language, repetition
+from qscope.posttrain import grpo, language_features, repetition
 from qscope.posttrain.sasft import (SASFTConfig, SASFTPenalty, SASFTTrainer, SFTExample, build_sft_batch, model_inputs,
                                    penalty_mask, resolve_examples, response_mask, run_sasft, sft_step, unlikelihood_loss)
 from qscope.sae import SAE, SAEConfig
@@ -212,13 +212,13 @@ def test_choose_language_features_uses_clean_text_for_alphas():
     lm = tiny_lm()
     sae = _sae(lm, 1)
     texts = {"zh": [ZH, "他们明天去学校。"], "en": SENTENCES[:4] + ["The cat " + ZH]}
-    selection, held_out = language.selection_split(texts, fraction=0.5, seed=0)
+    selection, held_out = language_features.selection_split(texts, fraction=0.5, seed=0)
     assert all(not set(selection[k]) & set(held_out[k]) for k in texts)
-    chosen = language.choose_language_features(lm, {1: sae}, texts, "zh", top=2)
+    chosen = language_features.choose_language_features(lm, {1: sae}, texts, "zh", top=2)
     assert chosen.n_alpha_texts == 4  # the en text with Chinese in it is not clean
-    expected = language.estimate_alphas(lm, sae, chosen.features[1], SENTENCES[:4], layer=1, max_length=64)
+    expected = language_features.estimate_alphas(lm, sae, chosen.features[1], SENTENCES[:4], layer=1, max_length=64)
     assert torch.allclose(torch.tensor(chosen.alphas[1]), expected, atol=1e-5)
-    again = language.LanguageFeatureSet.from_dict(chosen.to_dict())
+    again = language_features.LanguageFeatureSet.from_dict(chosen.to_dict())
     assert again.features == chosen.features and again.alphas == chosen.alphas and again.lang == "zh"
 
 
@@ -320,9 +320,9 @@ def test_penalty_under_lora_trains_adapters_only():
 
 def test_script_token_ids():
     lm = tiny_lm()
-    ids = language.script_token_ids(lm.tokenizer, ["你好世界"])
+    ids = language_features.script_token_ids(lm.tokenizer, ["你好世界"])
     assert ids and all(not any(c.isascii() for c in lm.tokenizer.decode([i])) for i in ids)
-    assert language.script_token_ids(lm.tokenizer, ["The cat"]) == []
+    assert language_features.script_token_ids(lm.tokenizer, ["The cat"]) == []
 
 
 def test_repetition_ratio():
@@ -351,9 +351,9 @@ def test_repetition_features_and_corpus():
 def test_monolinguality_and_alphas():
     lm = tiny_lm()
     sae = _sae(lm, 1)
-    res = language.monolinguality(lm, sae, {"en": SENTENCES[:4], "code": SENTENCES[4:]}, "en", top=3)
+    res = language_features.monolinguality(lm, sae, {"en": SENTENCES[:4], "code": SENTENCES[4:]}, "en", top=3)
     assert len(res.features) == 3 and res.scores == sorted(res.scores, reverse=True)
-    alphas = language.estimate_alphas(lm, sae, res.features, SENTENCES[4:])
+    alphas = language_features.estimate_alphas(lm, sae, res.features, SENTENCES[4:])
     cap = lm.capture(SENTENCES[4:], [1])
     expected = sae.pre_acts(cap.valid(1, skip_first=True))[:, res.features].mean(0)
     assert torch.allclose(alphas, expected, atol=1e-5)

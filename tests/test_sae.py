@@ -102,6 +102,22 @@ def test_qscope_folder_roundtrip_is_saelens_layout(tmp_path, activation):
         assert torch.equal(loaded.state_dict()[name], tensor)
 
 
+def test_fingerprint_keeps_feature_stores_valid(tmp_path):
+    """The id feature stores were built with (SHA-1 of every (d_sae // 64)-th decoder row): stable
+    through save/load, moved by a change of one hashed row."""
+    import hashlib
+
+    sae = make_sae(d_sae=256)
+    rows = sae.W_dec.detach()[::4].float().contiguous().numpy()
+    assert sae.fingerprint() == hashlib.sha1(rows.tobytes()).hexdigest()[:16]
+    sae.save(tmp_path / "sae")
+    assert SAE.load(tmp_path / "sae").fingerprint() == sae.fingerprint()
+    other = make_sae(d_sae=256)
+    with torch.no_grad():
+        other.W_dec[4] += 1e-3  # every (256 // 64) = 4th row is hashed
+    assert other.fingerprint() != sae.fingerprint()
+
+
 def test_fp16_save_loads_as_fp32(tmp_path):
     sae = make_sae()
     sae.save(tmp_path / "s", dtype=torch.float16)

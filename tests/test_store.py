@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from qscope import SAE, SAEConfig
+from qscope.cli.dashboard import dashboard_text, histogram_png
 from qscope.errors import QScopeError
 from qscope.features.explain import ask_llm, example_text, explain_feature
-from qscope.features.render import dashboard_text, histogram_png
 from qscope.features.store import FeatureStore, build_store
 from qscope.features.store.layout import HIST_EDGES
 from tiny import SENTENCES, tiny_lm

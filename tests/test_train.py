@@ -20,6 +20,7 @@ from qscope.train import (
     TopKTrainer,
     TrainConfig,
     Trainer,
+    TrainProgress,
     build_cache,
     evaluate_saes,
     lr_at,
@@ -291,15 +292,40 @@ def _random_cache(folder: Path, n=4096, d=16, layers=(5,), shard_tokens=512, see
     return folder
 
 
+class _Recorder(TrainProgress):
+    """Every progress call of a run, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, total_steps, done_steps):
+        self.calls.append(("start", total_steps, done_steps))
+
+    def logged(self, row):
+        self.calls.append(("logged", row))
+
+    def advance(self, step):
+        self.calls.append(("advance", step))
+
+    def close(self):
+        self.calls.append(("close",))
+
+
 def test_trainer_on_tiny_lm_saves_loadable_saes(tmp_path):
     lm = tiny.tiny_lm("llama")
     cfg = TrainConfig(model="tiny", layers=[1, 3], out_dir=str(tmp_path / "run"), batch_size=64,
                       total_tokens=64 * 30, ctx_len=16, lm_batch=4, buffer_tokens=256, expansion=4, k=4,
                       ckpt_every=10, log_every=5, save_dtype="float16")
-    summary = Trainer(cfg, lm=lm, texts=TEXTS, progress=False).run()
+    progress = _Recorder()
+    summary = Trainer(cfg, lm=lm, texts=TEXTS, progress=progress).run()
     assert summary["steps"] == 30 and summary["tokens"] == 64 * 30
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
+    # the display saw the run as it went: every step, each metrics row as written, then the end
+    assert progress.calls[0] == ("start", 30, 0) and progress.calls[-1] == ("close",)
+    assert [c[1] for c in progress.calls if c[0] == "advance"] == list(range(1, 31))
+    logged = [c[1] for c in progress.calls if c[0] == "logged"]
+    assert [(r["step"], r["layers"]) for r in logged] == [(r["step"], r["layers"]) for r in rows]
     assert rows[-1]["layers"]["1"]["fvu"] < rows[0]["layers"]["1"]["fvu"]
     sae = SAE.load(tmp_path / "run" / "layer3")
     assert sae.cfg.d_sae == 128 and sae.cfg.k == 4 and sae.cfg.layer == 3 and sae.cfg.model_name == "tiny-llama"
@@ -315,7 +341,7 @@ def test_trainer_from_cache_with_holdout(tmp_path):
     cache = _random_cache(tmp_path / "cache", layers=(5, 6))
     cfg = TrainConfig(cache_dir=str(cache), out_dir=str(tmp_path / "run"), batch_size=128, total_tokens=128 * 80,
                       expansion=4, k=4, holdout_shards=2, log_every=20, ckpt_every=40, lr=5e-3)
-    summary = Trainer(cfg, progress=False).run()
+    summary = Trainer(cfg).run()
     assert set(summary["layers"]) == {"5", "6"} and summary["heldout"]["5"]["tokens"] == 1024
     assert summary["heldout"]["5"]["fvu"] < 0.6
     saes = {5: SAE.load(tmp_path / "run" / "layer5")}
@@ -368,10 +394,11 @@ def test_cli_train_from_cache_json_and_resume(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout[res.stdout.index("{"):])
     assert summary["steps"] == 31 and summary["layers"]["5"]["l0"] <= 4
-    # Extend the finished run by resuming it with more tokens.
-    res = runner.invoke(_app(), ["train", "--resume", str(out), "--tokens", "6k", "--no-progress", "--json"])
+    # Extend the finished run by resuming it with more tokens, under the live view (stderr).
+    res = runner.invoke(_app(), ["train", "--resume", str(out), "--tokens", "6k", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout[res.stdout.index("{"):])["steps"] == 46
+    assert "46/46" in res.stderr and "tok/s" in res.stderr
     res = runner.invoke(_app(), ["train", "--resume", str(out), "--k", "8", "--no-progress"])
     assert isinstance(res.exception, QScopeError)
     help_text = runner.invoke(_app(), ["train", "--help"]).output
@@ -433,9 +460,9 @@ def test_cuda_trainer_tiny_lm_and_resume(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, lm=lm, texts=TEXTS, progress=False, on_step=crash).run()
-    summary = Trainer(cfg, lm=lm, texts=TEXTS, progress=False).run()
-    reference = Trainer(cfg.replace(out_dir=str(tmp_path / "b")), lm=lm, texts=TEXTS, progress=False).run()
+        Trainer(cfg, lm=lm, texts=TEXTS, on_step=crash).run()
+    summary = Trainer(cfg, lm=lm, texts=TEXTS).run()
+    reference = Trainer(cfg.replace(out_dir=str(tmp_path / "b")), lm=lm, texts=TEXTS).run()
     assert summary["steps"] == reference["steps"] == 40
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(5, 45, 5))

@@ -34,7 +34,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         cfg = TrainConfig(cache_dir=str(root_path / "cache"), out_dir=str(root_path / "ref"), batch_size=128,
                           total_tokens=128 * 40, expansion=4, k=4, log_every=5, ckpt_every=10, lr=5e-3,
                           buffer_tokens=512, device="cpu")
-        trainer = Trainer(cfg, progress=False)
+        trainer = Trainer(cfg)
         trainer.run()
         result = {"state": {layer: t.sae.state_dict() for layer, t in trainer.trainers.items()},
                   "shards": trainer.store.source.order(0)}
@@ -44,10 +44,10 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
                 raise _Crash
 
         try:
-            Trainer(cfg.replace(out_dir=str(root_path / "resumed")), progress=False, on_step=crash).run()
+            Trainer(cfg.replace(out_dir=str(root_path / "resumed")), on_step=crash).run()
         except _Crash:
             pass
-        resumed = Trainer(cfg.replace(out_dir=str(root_path / "resumed")), progress=False)
+        resumed = Trainer(cfg.replace(out_dir=str(root_path / "resumed")))
         resumed.run()
         result["resumed"] = {layer: t.sae.state_dict() for layer, t in resumed.trainers.items()}
         torch.save(result, root_path / f"rank{rank}.pt")

@@ -33,7 +33,7 @@ from qscope.train import TrainConfig, Trainer
 cfg = TrainConfig.from_file(sys.argv[1])
 texts = json.loads(open(sys.argv[2]).read())
 delay = float(sys.argv[3])
-Trainer(cfg, texts=texts, progress=False, on_step=lambda t: time.sleep(delay)).run()
+Trainer(cfg, texts=texts, on_step=lambda t: time.sleep(delay)).run()
 """
 
 
@@ -92,8 +92,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "layer1").exists()
 
-    resumed = Trainer(cfg, texts=TEXTS, progress=False).run()
-    reference = Trainer(cfg.replace(out_dir=str(tmp_path / "ref")), texts=TEXTS, progress=False).run()
+    resumed = Trainer(cfg, texts=TEXTS).run()
+    reference = Trainer(cfg.replace(out_dir=str(tmp_path / "ref")), texts=TEXTS).run()
     assert resumed["steps"] == reference["steps"] == 40
     assert _steps(out) == _steps(tmp_path / "ref") == list(range(3, 40, 3)) + [40]
     assert _fvus(out) == _fvus(tmp_path / "ref")
@@ -119,13 +119,13 @@ def test_crash_resume_from_cache_equals_uninterrupted(tmp_path):
             raise _Crash
 
     with pytest.raises(_Crash):
-        Trainer(cfg, progress=False, on_step=crash).run()
+        Trainer(cfg, on_step=crash).run()
     assert max(_steps(tmp_path / "a")) == 24
-    Trainer(cfg, progress=False).run()
-    Trainer(cfg.replace(out_dir=str(tmp_path / "b")), progress=False).run()
+    Trainer(cfg).run()
+    Trainer(cfg.replace(out_dir=str(tmp_path / "b"))).run()
     assert _steps(tmp_path / "a") == _steps(tmp_path / "b") == list(range(4, 50, 4)) + [50]
     got, want = _weights(tmp_path / "a", [7]), _weights(tmp_path / "b", [7])
     assert all(torch.equal(got[7][name], want[7][name]) for name in want[7])
     # A finished run asked again does no more steps; asked for more tokens, it extends.
-    assert Trainer(cfg, progress=False).run()["steps"] == 50
-    assert Trainer(cfg.replace(total_tokens=100 * 60), progress=False).run()["steps"] == 60
+    assert Trainer(cfg).run()["steps"] == 50
+    assert Trainer(cfg.replace(total_tokens=100 * 60)).run()["steps"] == 60

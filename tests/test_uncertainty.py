@@ -8,8 +8,8 @@ import torch
 from tiny import tiny_lm
 
 from qscope import SAE, SAEConfig
+from qscope.data.benchmarks import mc_item
 from qscope.errors import QScopeError
-from qscope.evals.benchmarks import mc_item
 from qscope.uncertainty import (
     LabelConfig,
     LabelledItem,

@@ -2,7 +2,7 @@
 
 from .errors import QScopeError
 from .model import LM, Loaded, load, load_model
+from .provenance import VERSION as __version__
 from .sae import SAE, SAEConfig
 
-__version__ = "0.1.0"
 __all__ = ["SAE", "SAEConfig", "LM", "Loaded", "load", "load_model", "QScopeError", "__version__"]

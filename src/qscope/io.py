@@ -158,7 +158,7 @@ def append_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
 class ItemCache:
     """Results per item in one append-only JSONL file, so a killed run keeps every finished item
     and a rerun does only the rest. Each line is one JSON record, named by its `key` fields (by
-    default the item id and prompt hash of `evals.benchmarks.item_key`); a line torn by a kill is
+    default the item id and prompt hash of `data.benchmarks.item_key`); a line torn by a kill is
     skipped, and that item is simply redone. `path=None` keeps the records in memory only."""
 
     def __init__(self, path: str | os.PathLike | None, key: Sequence[str] = ("id", "h")):

@@ -33,7 +33,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -207,22 +207,15 @@ def _resolve_layer(lm, sae, layer: int | None) -> int:
     return layer
 
 
-def _progress(enabled: bool, total: int):
-    if not enabled:
-        return nullcontext(None)
-    from .cli.common import progress_bar
-
-    return progress_bar("evaluating SAE")
-
-
 @torch.no_grad()
 def evaluate_sae(lm, sae, texts: Sequence[str], layer: int | None = None, max_length: int = 256,
                  batch_size: int = 8, skip_first: bool = True, norm_mult: float | None = None,
-                 progress: bool = False) -> SAEEvalResult:
+                 progress: Callable[[int, int], None] | None = None) -> SAEEvalResult:
     """Measure `sae` on `lm`'s residual stream at `layer` (default: the SAE's own) over `texts`.
 
     See the module docstring for which tokens count and how each number is defined.
-    `progress` shows a rich progress bar on stderr.
+    `progress(done, total)` is called with the number of batches done, before the first and
+    after each one (a progress display; the CLI draws a bar).
     """
     start_time = time.time()
     layer = _resolve_layer(lm, sae, layer)
@@ -249,89 +242,83 @@ def evaluate_sae(lm, sae, texts: Sequence[str], layer: int | None = None, max_le
     n_kl = 0
 
     batches = range(0, len(texts), batch_size)
-    with _progress(progress, len(batches)) as bar:
-        task = bar.add_task("eval", total=len(batches)) if bar is not None else None
-        for start in batches:
-            enc = lm.tokenize(texts[start:start + batch_size], max_length=max_length)
-            ids, real = enc["input_ids"], enc["attention_mask"].bool()
-            width = int(real.sum(1).max())
-            ids, real = ids[:, :width], real[:, :width]
-            attn = real.long()
-            counted = real.clone()
-            if skip_first:
-                counted[:, 0] = False
-            n_real += int(real.sum())
-            n_first += int(real[:, 0].sum()) if skip_first else 0
-            # CE at t predicts token t+1: t counted and t+1 real.
-            ce_pos = counted[:, :-1] & real[:, 1:]
-            targets = ids[:, 1:][ce_pos]
+    report = progress or (lambda done, total: None)
+    report(0, len(batches))
+    for done, start in enumerate(batches, 1):
+        enc = lm.tokenize(texts[start:start + batch_size], max_length=max_length)
+        ids, real = enc["input_ids"], enc["attention_mask"].bool()
+        width = int(real.sum(1).max())
+        ids, real = ids[:, :width], real[:, :width]
+        attn = real.long()
+        counted = real.clone()
+        if skip_first:
+            counted[:, 0] = False
+        n_real += int(real.sum())
+        n_first += int(real[:, 0].sum()) if skip_first else 0
+        # CE at t predicts token t+1: t counted and t+1 real.
+        ce_pos = counted[:, :-1] & real[:, 1:]
+        targets = ids[:, 1:][ce_pos]
 
-            def ce_of(logits: torch.Tensor) -> float:
-                return float(F.cross_entropy(logits[:, :-1][ce_pos].float(), targets, reduction="sum"))
-
-            # 1. clean
-            logits = lm.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            ce["clean"] += ce_of(logits)
-            # logits (batch x seq x vocab) are the biggest tensors here: free each before the next
+        def forward(key: str, edit=None, logp: bool = True) -> torch.Tensor | None:
+            """One pass, `edit` at `layer` (none: clean); adds its CE to `ce[key]` and returns the
+            next-token log-probs at counted positions (if `logp`). The logits (batch x seq x vocab)
+            are the biggest tensors here: each is freed before the next pass."""
+            with hooks.edit(lm.layers, {layer: edit}) if edit else nullcontext():
+                logits = lm.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            ce[key] += float(F.cross_entropy(logits[:, :-1][ce_pos].float(), targets, reduction="sum"))
+            if not logp:
+                return None
             picked = logits[counted].float()
             del logits
-            logp_clean = F.log_softmax(picked, dim=-1)
-            del picked
+            return F.log_softmax(picked, dim=-1)
 
-            # 2. spliced: h -> sae(h) at counted positions; statistics from the same pass.
-            seen: dict[str, torch.Tensor] = {}
+        # 1. clean
+        logp_clean = forward("clean")
 
-            def splice(h: torch.Tensor) -> torch.Tensor:
-                x = h[counted].to(sae_device)
-                x_hat, l0, fired = _reconstruct(sae, x)
-                seen.update(x=x, x_hat=x_hat, l0=l0, fired=fired)
-                out = h.clone()
-                out[counted] = x_hat.to(device=h.device, dtype=h.dtype)
-                return out
+        # 2. spliced: h -> sae(h) at counted positions; statistics from the same pass.
+        seen: dict[str, torch.Tensor] = {}
 
-            with hooks.edit(lm.layers, {layer: splice}):
-                logits = lm.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            ce["sae"] += ce_of(logits)
-            picked = logits[counted].float()
-            del logits
-            logp_sae = F.log_softmax(picked, dim=-1)
-            del picked
-            kl_sum += float(F.kl_div(logp_sae, logp_clean, log_target=True, reduction="sum"))
-            n_kl += int(logp_clean.shape[0])
-            del logp_clean, logp_sae
+        def splice(h: torch.Tensor) -> torch.Tensor:
+            x = h[counted].to(sae_device)
+            x_hat, l0, fired = _reconstruct(sae, x)
+            seen.update(x=x, x_hat=x_hat, l0=l0, fired=fired)
+            out = h.clone()
+            out[counted] = x_hat.to(device=h.device, dtype=h.dtype)
+            return out
 
-            # 3. zero-ablated at the same positions
-            def zero(h: torch.Tensor) -> torch.Tensor:
-                return h.masked_fill(counted.unsqueeze(-1), 0.0)
+        logp_sae = forward("sae", splice)
+        kl_sum += float(F.kl_div(logp_sae, logp_clean, log_target=True, reduction="sum"))
+        n_kl += int(logp_clean.shape[0])
+        del logp_clean, logp_sae
 
-            with hooks.edit(lm.layers, {layer: zero}):
-                logits = lm.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            ce["zero"] += ce_of(logits)
-            del logits
-            n_ce += int(ce_pos.sum())
+        # 3. zero-ablated at the same positions (only its CE is needed)
+        def zero(h: torch.Tensor) -> torch.Tensor:
+            return h.masked_fill(counted.unsqueeze(-1), 0.0)
 
-            # reconstruction statistics on counted tokens (after the optional norm filter)
-            if "x" not in seen:
-                raise QScopeError(f"layer {layer} did not run: the edit hook never fired")
-            x, x_hat = seen["x"].float(), seen["x_hat"].float()
-            keep, median = _norm_keep(x.norm(dim=-1), norm_mult)
-            if x.shape[0]:
-                medians.append(median)
-            n_filtered += int((~keep).sum())
-            if not bool(keep.all()):
-                x, x_hat, l0 = x[keep], x_hat[keep], seen["l0"][keep]
-                # firing counts must be recomputed on the kept tokens only
-                _, _, fired = _reconstruct(sae, seen["x"][keep])
-            else:
-                l0, fired = seen["l0"], seen["fired"]
-            moments.add(x)
-            sse += float(((x - x_hat).double() ** 2).sum())
-            cos_sum += float(F.cosine_similarity(x, x_hat, dim=-1).double().sum()) if x.shape[0] else 0.0
-            l0_sum += int(l0.sum())
-            counts += fired.cpu()
-            n_tokens += int(x.shape[0])
-            if bar is not None:
-                bar.advance(task)
+        forward("zero", zero, logp=False)
+        n_ce += int(ce_pos.sum())
+
+        # reconstruction statistics on counted tokens (after the optional norm filter)
+        if "x" not in seen:
+            raise QScopeError(f"layer {layer} did not run: the edit hook never fired")
+        x, x_hat = seen["x"].float(), seen["x_hat"].float()
+        keep, median = _norm_keep(x.norm(dim=-1), norm_mult)
+        if x.shape[0]:
+            medians.append(median)
+        n_filtered += int((~keep).sum())
+        if not bool(keep.all()):
+            x, x_hat, l0 = x[keep], x_hat[keep], seen["l0"][keep]
+            # firing counts must be recomputed on the kept tokens only
+            _, _, fired = _reconstruct(sae, seen["x"][keep])
+        else:
+            l0, fired = seen["l0"], seen["fired"]
+        moments.add(x)
+        sse += float(((x - x_hat).double() ** 2).sum())
+        cos_sum += float(F.cosine_similarity(x, x_hat, dim=-1).double().sum()) if x.shape[0] else 0.0
+        l0_sum += int(l0.sum())
+        counts += fired.cpu()
+        n_tokens += int(x.shape[0])
+        report(done, len(batches))
 
     if n_tokens == 0:
         raise QScopeError("no token to evaluate on: every text is a single token (position 0 is left out)")

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+VERSION = "0.1.0"  # the package version (`qscope.__version__`); here so that artefacts can record it
 KEY = "provenance"
 REPO = Path(__file__).resolve().parents[2]  # src/qscope/provenance.py -> the checkout, when run from one
 
@@ -58,11 +59,9 @@ def git_state() -> dict:
 def record(seeds: Any = None, command: str | None = None, **extra: Any) -> dict:
     """The provenance of an artefact written now. `seeds`: every seed the result depends on (an int,
     a list or a dict of named seeds); `command`: defaults to this process's command line."""
-    import qscope
-
     return {
         "command": command if command is not None else command_line(),
-        "qscope_version": qscope.__version__,
+        "qscope_version": VERSION,
         **git_state(),
         "seeds": seeds,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import QScopeError
+from ..parse import int_list
 from .common import DeviceOpt, JsonOpt, ModelOpt, SaeOpt, console, emit_json, load_models, progress_bar, read_texts
 
 app = typer.Typer(help="Classify texts with SAE features (top-K OR rule, no trained head).", no_args_is_help=True)
@@ -26,15 +27,6 @@ SavedSaeOpt = typer.Option(None, "--sae", "-s", help="SAE source (default: the o
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="classify")
-
-
-def int_list(spec: str | None, what: str) -> list[int] | None:
-    if spec is None:
-        return None
-    try:
-        return [int(x) for x in spec.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise QScopeError(f"{what} must be comma-separated integers like 6,15,24, got {spec!r}") from None
 
 
 def _task(name: str | None, pos: str | None, neg: str | None, n_discovery: int, n_test: int, seed: int):
@@ -108,7 +100,7 @@ def discover_cmd(
     from ..features.logits import token_effects
 
     t = _task(task, pos, neg, n_discovery, 2, seed)
-    lm, saes = load_models(model, sae, int_list(layers, "--layers"), device)
+    lm, saes = load_models(model, sae, int_list(layers, "--layers") if layers is not None else None, device)
     cache = _cache(lm, saes, cache_dir, max_length)
     with progress_bar() as bar:
         job = bar.add_task("encoding discovery texts", total=len(cache.missing(t.discovery.texts)))
@@ -237,7 +229,7 @@ def eval_cmd(
     names = list(task or []) if not (pos or neg) else [None]
     names = names or list(TASKS)
     k_list = int_list(ks, "--ks")
-    lm, saes = load_models(model, sae, int_list(layers, "--layers"), device)
+    lm, saes = load_models(model, sae, int_list(layers, "--layers") if layers is not None else None, device)
     cache = _cache(lm, saes, cache_dir, max_length, keep_residuals)
     prov = record(seeds={"split": seed, "subsample": list(range(seeds))})
     reports = []

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import QScopeError
+from ..parse import int_list
 from ..provenance import record
 from .common import (DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt, SaeOpt, console, emit_json, load_models,
                      progress_bar)
@@ -36,7 +37,7 @@ ChoicesFieldOpt = typer.Option(None, help="For .jsonl benchmarks: the field hold
 
 def _items(spec: str, limit: int, seed: int, template=None, answer_field=None, choices_field=None):
     """Items of 'name[:subject][@split][#limit]' ('#N' overrides --limit for that benchmark)."""
-    from ..evals.benchmarks import load_benchmark
+    from ..data.benchmarks import load_benchmark
 
     spec, _, own = spec.partition("#")
     if own:
@@ -115,7 +116,7 @@ def benchmarks_cmd(json: JsonOpt = False) -> None:
 
     Example: qscope evals benchmarks
     """
-    from ..evals.benchmarks import list_benchmarks
+    from ..data.benchmarks import list_benchmarks
 
     rows = list_benchmarks()
     if json:
@@ -157,10 +158,7 @@ def footprint_cmd(
     from ..io import write_json
 
     if layers or position == "both":
-        try:
-            wanted = [int(x) for x in layers.split(",") if x.strip()] if layers else [layer]
-        except ValueError:
-            raise QScopeError(f"--layers {layers!r}: expected comma-separated integers, e.g. 6,15,24") from None
+        wanted = int_list(layers, "--layers") if layers else [layer]
         groups = _multi_layer_footprints(benchmarks, model, sae, wanted, limit, seed, position, max_length,
                                          batch_size, template, answer_field, choices_field, device, dtype)
     else:

@@ -204,7 +204,7 @@ def show_cmd(
     Example: qscope features show 1234 --layer 15
     """
     from ..errors import QScopeError
-    from ..features.render import histogram_png, render_dashboard
+    from .dashboard import histogram_png, render_dashboard
 
     with _open_store(store, model, sae, layer) as st:
         if search is not None or densest:
@@ -332,11 +332,6 @@ def export_cmd(
 
 def _feature_list(spec: Optional[str]) -> Optional[list[int]]:
     """'1,2,3' -> [1, 2, 3]."""
-    from ..errors import QScopeError
+    from ..parse import int_list
 
-    if not spec:
-        return None
-    try:
-        return [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise QScopeError(f"--features {spec!r}: expected comma-separated feature ids, e.g. 12,345") from None
+    return int_list(spec, "--features", "12,345") if spec else None

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import QScopeError
-from .common import DtypeOpt, console, emit_json, load_models
+from .common import DtypeOpt, console, emit_json, load_models, progress_bar
 
 HELD_OUT = "held-out"
 
@@ -120,8 +120,11 @@ def eval_(
     lm, sae = loaded.lm, loaded.sae
     if sae.cfg.model_name and sae.cfg.model_name not in (lm.name, model):
         console.print(f"[yellow]note:[/] the SAE was made for {sae.cfg.model_name}, the model is {lm.name}")
-    res = evaluate_sae(lm, sae, texts, layer=layer, max_length=max_length, batch_size=batch_size,
-                       skip_first=not include_first, norm_mult=norm_mult, progress=True)
+    with progress_bar("evaluating SAE") as bar:
+        task = bar.add_task("eval", total=None)
+        res = evaluate_sae(lm, sae, texts, layer=layer, max_length=max_length, batch_size=batch_size,
+                           skip_first=not include_first, norm_mult=norm_mult,
+                           progress=lambda done, total: bar.update(task, completed=done, total=total))
     result = {"source": sae_source, "data": where, "dtype": str(lm.dtype).removeprefix("torch."), **res.to_dict()}
     if out is not None:
         write_json(out, result, provenance=record())

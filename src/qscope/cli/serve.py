@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import QScopeError
+from ..parse import int_list
 from .common import DeviceOpt, DtypeOpt, ModelOpt, SaeOpt, console
 
 
@@ -18,10 +19,7 @@ def parse_layers(spec: str | None) -> list[int] | None:
     """'6,15,24' -> [6, 15, 24]."""
     if not spec:
         return None
-    try:
-        layers = sorted({int(x) for x in spec.split(",") if x.strip()})
-    except ValueError:
-        raise QScopeError(f"--layers {spec!r}: expected comma-separated layer numbers, e.g. 6,15,24") from None
+    layers = sorted(set(int_list(spec, "--layers")))
     if not layers:
         raise QScopeError("--layers: give at least one layer")
     return layers

@@ -111,7 +111,7 @@ def make_detector(spec: str | None, judge: str = "lingua"):
     if judge not in ("lingua", "stopwords"):
         raise QScopeError(f"--judge {judge!r}: expected lingua or stopwords")
     if spec.startswith("contains:"):
-        from ..language import contains_language
+        from ..data.language import contains_language
 
         lang = spec.split(":", 1)[1]
         contains_language("", lang)  # checks the language name
@@ -121,7 +121,7 @@ def make_detector(spec: str | None, judge: str = "lingua"):
 
         detector.__name__ = f"contains_{lang}"
         return detector, None
-    from ..language import language_detector, language_judge
+    from ..data.language import language_detector, language_judge
 
     pair = (language_judge(spec), language_detector(spec))
     return pair if judge == "lingua" else pair[::-1]

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import QScopeError
+from ..parse import int_list
 from .common import (
     DeviceOpt,
     JsonOpt,
@@ -41,12 +42,7 @@ def _targets(
     if targets:
         path = Path(targets)
         spec = path.read_text(encoding="utf-8") if path.is_file() else targets
-        try:
-            return [int(x) for x in spec.replace("\n", ",").replace(" ", ",").split(",") if x.strip()]
-        except ValueError:
-            raise QScopeError(
-                f"--targets: expected feature ids like 12,345 (or a file of them), got {targets[:40]!r}"
-            ) from None
+        return int_list(spec, "--targets", "12,345 (or a file of them)")
     if contrast_pos and contrast_neg:
         with console.status("finding target features by contrast"):
             return targets_from_contrast(lm, sae, read_texts(contrast_pos, limit), read_texts(contrast_neg, limit), n=n)

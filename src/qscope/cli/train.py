@@ -6,8 +6,13 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.console import Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from ..errors import QScopeError
+from ..parse import int_list
 from ..train import TrainConfig
 from .common import console, emit_json
 
@@ -150,7 +155,8 @@ def train_command(
     cfg = TrainConfig.from_dict({**base, **flags})
     if not cfg.out_dir:
         raise QScopeError("no output folder: give --out DIR (or --resume DIR)")
-    trainer = Trainer(cfg, progress=not no_progress, resume=resume is not None, overwrite=overwrite)
+    trainer = Trainer(cfg, progress=None if no_progress else LiveTrainView(), resume=resume is not None,
+                      overwrite=overwrite)
     summary = trainer.run()
     if _rank() != 0:
         return
@@ -175,10 +181,8 @@ def cache_command(
     dtype: str = typer.Option(DEFAULTS.dtype, "--dtype", help="The LM's dtype."),
     as_json: bool = typer.Option(False, "--json", help="Print the cache's meta as JSON on stdout."),
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from ..model.loading import load_model
-    from ..train import build_cache, parse_count, parse_layers
+    from ..train import build_cache, parse_count
 
     total = parse_count(tokens)
     lm = load_model(model, device=device, dtype=dtype)
@@ -191,7 +195,7 @@ def cache_command(
     with Progress(TextColumn("[bold]cache[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
                   TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("", total=total)
-        meta = build_cache(lm, parse_layers(layers), texts, out, total, ctx_len=ctx_len, lm_batch=lm_batch,
+        meta = build_cache(lm, int_list(layers, "--layers"), texts, out, total, ctx_len=ctx_len, lm_batch=lm_batch,
                            norm_mult=norm_mult, shard_tokens=parse_count(shard_tokens), dtype=store_dtype, data=data,
                            progress=lambda done, _total: bar.update(task, completed=done))
     meta = {key: value for key, value in meta.items() if key != "source"}
@@ -201,6 +205,51 @@ def cache_command(
         emit_json(meta)
 
 
+class LiveTrainView:
+    """The live training view on stderr (a `qscope.train.TrainProgress`): a progress bar plus a
+    per-layer table of the latest metrics row."""
+
+    def __init__(self) -> None:
+        self.live: Live | None = None
+        self.row: dict | None = None
+
+    def start(self, total_steps: int, done_steps: int) -> None:
+        self.bar = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                            TimeRemainingColumn(), TextColumn("{task.description}"), console=console)
+        self.task = self.bar.add_task("", total=total_steps, completed=done_steps)
+        self.live = Live(Group(self.bar, self), console=console, refresh_per_second=4)
+        self.live.start()
+
+    def __rich__(self):
+        if self.row is None:
+            return ""
+        table = Table(box=None, pad_edge=False)
+        for name in ("layer", "loss", "fvu", "auxk", "l0", "dead", "tok/s"):
+            table.add_column(name, justify="right")
+        for layer, m in self.row["layers"].items():
+            table.add_row(layer, f"{m['loss']:.4f}", f"{m['fvu']:.4f}", f"{m['auxk']:.3f}", f"{m['l0']:.1f}",
+                          f"{m['dead']:.1%}", _si(m["tokens_per_s"]))
+        return table
+
+    def logged(self, row: dict) -> None:
+        self.row = row
+        self.bar.update(self.task, description=f"{_si(row['tokens_per_s'])} tok/s, {_si(row['tokens'])} tokens")
+
+    def advance(self, step: int) -> None:
+        self.bar.update(self.task, completed=step)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:.0f}"
+
+
 def _rank() -> int:
     import torch.distributed as dist
 
@@ -208,8 +257,6 @@ def _rank() -> int:
 
 
 def _print_summary(summary: dict) -> None:
-    from rich.table import Table
-
     table = Table(title=f"{summary['steps']} steps, {summary['tokens']:,} tokens, {summary['wall_s']:.0f} s "
                         f"({summary['tokens_per_s']:,.0f} tok/s)")
     for name in ("layer", "fvu", "l0", "dead", "held-out fvu", "saved"):

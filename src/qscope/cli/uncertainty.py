@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import QScopeError
+from ..parse import int_list
 from .common import DeviceOpt, JsonOpt, ModelOpt, console, emit_json
 
 app = typer.Typer(help="Predict when the model is wrong: labelled sets and confidence scores.", no_args_is_help=True)
@@ -32,16 +33,13 @@ NewTokensOpt = typer.Option(24, min=1, help="Open answers: tokens generated (the
 ChatOpt = typer.Option(False, help="Wrap prompts in the model's chat template (letter scoring and open answers).")
 
 
-def _parse_layers(spec: str | None, n_layers: int | None) -> list[int] | None:
+def _parse_layers(spec: str | None, n_layers: int | None, option: str = "--layers") -> list[int] | None:
     """Layers of a spec ('all' -> None, 'none' -> []), checked against `n_layers` when given."""
     if spec is None or spec.strip().lower() == "all":
         return None
     if spec.strip().lower() == "none":
         return []
-    try:
-        layers = [int(x) for x in spec.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise QScopeError(f"layers must be comma-separated integers, 'all' or 'none'; got {spec!r}") from None
+    layers = int_list(spec, option, "6,15,24 (or all, none)")
     bad = [x for x in layers if n_layers is not None and not 0 <= x < n_layers]
     if bad:
         raise QScopeError(f"layer {bad[0]} out of range: the model has layers 0..{n_layers - 1}")
@@ -53,7 +51,7 @@ def _label(benchmark: str, limit: int, split: str | None, seed: int, model: str,
     """(lm, {layer: SAE}, labelled set); the SAEs of `sae_layers` are loaded with the model."""
     from rich.progress import Progress
 
-    from ..evals.benchmarks import load_benchmark
+    from ..data.benchmarks import load_benchmark
     from ..model import load, load_model
     from ..uncertainty import LabelConfig, build_labelled_set
 
@@ -134,8 +132,9 @@ def report_cmd(
     lm, saes, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens,
                             chat, sae, sae_layers)
     with console.status("scoring") as status:
-        report = analyse(data, saes, _parse_layers(probe_layers, lm.n_layers), lm=lm, folds=folds, seed=seed,
-                         n_boot=n_boot, progress=lambda msg: status.update(f"scoring: {msg}"))
+        probe = _parse_layers(probe_layers, lm.n_layers, "--probe-layers")
+        report = analyse(data, saes, probe, lm=lm, folds=folds, seed=seed, n_boot=n_boot,
+                         progress=lambda msg: status.update(f"scoring: {msg}"))
     if out is not None:
         paths = write_report(report, out, name, provenance=record(seeds=seed))
         console.print("wrote " + ", ".join(str(p) for p in paths))

@@ -1,4 +1,5 @@
-"""Text for qscope: readers for any text source, built-in offline corpora, the default training mix."""
+"""Text for qscope: readers for any text source, built-in offline corpora, the default training mix,
+benchmark items and their graders (`benchmarks`, `graders`), offline language detection (`language`)."""
 
 from .corpora import CORPORA, list_corpora, pull_corpus
 from .mix import MIX_WEIGHTS, export_mix, held_out_texts, training_mix

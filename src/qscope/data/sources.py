@@ -110,9 +110,10 @@ def _txt_texts(path: Path, by_line: bool) -> Iterator[str]:
             yield "\n".join(para).strip()
 
 
-def _jsonl_records(path: Path, expected: str) -> Iterator[tuple[int, dict]]:
-    """(line number, record) per non-blank line, plain or gzipped; bad lines name their number."""
-    for number, line in _lines(path):
+def jsonl_records(path: str | Path, expected: str) -> Iterator[tuple[int, dict]]:
+    """(line number, record) per non-blank line of a .jsonl or .jsonl.gz file: the one JSONL reader.
+    Bad lines fail naming file and line; `expected` says what a record should hold (e.g. "a 'text' field")."""
+    for number, line in _lines(Path(path)):
         if not line.strip():
             continue
         try:
@@ -143,7 +144,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
     """One record per line, plain or gzipped; bad lines name their line number."""
-    for number, record in _jsonl_records(path, f"a {field!r} field"):
+    for number, record in jsonl_records(path, f"a {field!r} field"):
         yield record_text(record, field, f"{path} line {number}")
 
 
@@ -163,7 +164,7 @@ def texts_by_language(spec: str | Path, limit: int | None = None) -> dict[str, l
     elif not path.is_file():
         raise QScopeError(f"{spec}: no such file or corpus")
     out: dict[str, list[str]] = {}
-    for _, record in _jsonl_records(path, "a 'lang' field"):
+    for _, record in jsonl_records(path, "a 'lang' field"):
         if "lang" in record and (limit is None or len(out.setdefault(record["lang"], [])) < limit):
             out.setdefault(record["lang"], []).append(record["text"])
     if not out:

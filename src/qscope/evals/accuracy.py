@@ -9,13 +9,12 @@ score at chance that way (measured: docs/evals.md), which ranks nothing. Open an
 first line, correct if a normalised gold alias occurs in it. Math: greedy generation, the final
 number (GSM8K) or last \\boxed{} (MATH) against the gold answer. Code would need running model
 output against tests, which qscope does not do. Results are cached per item, so runs resume.
+The graders live in `qscope.data.graders` (shared with correctness prediction).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,10 +22,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.benchmarks import LETTERS, BenchItem, item_key, resume_order
+from ..data.graders import first_line, grade, letter_token_ids
 from ..errors import QScopeError
 from ..io import append_lines
 from ..paths import file_slug, home_dir
-from .benchmarks import LETTERS, BenchItem, item_key, resume_order
 
 
 @dataclass
@@ -67,91 +67,11 @@ class AccuracyResult:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
-# ---------------------------------------------------------------------------- answer checking
-def normalize(text: str) -> str:
-    """SQuAD-style: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def first_line(text: str) -> str:
-    text = text.strip()
-    for stop in ("\n", "Question:", "Q:"):
-        text = text.split(stop)[0]
-    return text.strip()
-
-
-def open_correct(prediction: str, answers: Sequence[str]) -> bool:
-    pred = f" {normalize(first_line(prediction))} "
-    return any(normalize(a) and f" {normalize(a)} " in pred for a in answers)
-
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def _number(text: str) -> str | None:
-    text = text.replace("$", "").replace(",", "")
-    try:
-        value = float(text.strip().rstrip("."))
-    except ValueError:
-        return None
-    return str(int(value)) if value == int(value) else str(value)
-
-
-def extract_math(prediction: str) -> str:
-    """The final answer of a worked solution: last \\boxed{...}, else after "answer is", else the last number."""
-    boxed = _last_boxed(prediction)
-    if boxed is not None:
-        return boxed.strip()
-    m = re.search(r"answer is[:\s]*\$?([^\n$]+)", prediction, flags=re.I)
-    if m:
-        return m.group(1).strip().rstrip(".")
-    nums = _NUMBER.findall(prediction.split("Question:")[0])
-    return nums[-1] if nums else ""
-
-
-def _last_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 1, start + len("\\boxed{")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None
-
-
-def math_correct(prediction: str, gold: str) -> bool:
-    pred = extract_math(prediction)
-    a, b = _number(pred), _number(gold)
-    if a is not None and b is not None:
-        return a == b
-    squash = lambda s: re.sub(r"\s|\$|\\left|\\right|\\!|\\,", "", s).rstrip(".")  # noqa: E731
-    return bool(pred) and squash(pred) == squash(gold)
-
-
 # ---------------------------------------------------------------------------- scoring
-def letter_token_ids(tokenizer, n: int) -> list[list[int]]:
-    """Token ids that spell each of the first `n` letters as the next token (" A" and "A")."""
-    out = []
-    for letter in LETTERS[:n]:
-        ids = {ids[0] for ids in (tokenizer.encode(v, add_special_tokens=False) for v in (f" {letter}", letter))
-               if len(ids) == 1}
-        if not ids:
-            raise QScopeError(f"the tokenizer has no single token for the choice letter {letter!r}")
-        out.append(sorted(ids))
-    return out
-
-
 @torch.no_grad()
 def choose_letters(lm, items: Sequence[BenchItem], max_length: int = 512) -> list[str]:
     """For each multiple-choice item, the letter with the highest next-token log-probability."""
-    from .footprint import left_truncation
-
-    with left_truncation(lm):
+    with lm.left_truncation():
         enc = lm.tokenize([it.prompt for it in items], max_length=max_length)
     logits = lm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], use_cache=False).logits
     last = enc["attention_mask"].sum(1) - 1
@@ -202,14 +122,6 @@ def choose_texts(lm, items: Sequence[BenchItem], max_length: int = 512) -> list[
     return out
 
 
-def _grade(item: BenchItem, prediction: str) -> bool:
-    if item.kind == "mc":
-        return prediction == item.answer
-    if item.kind == "math":
-        return math_correct(prediction, item.answer)
-    return open_correct(prediction, item.aliases or [item.answer])
-
-
 def _predict(lm, items: Sequence[BenchItem], cfg: AccuracyConfig) -> list[str]:
     if items[0].kind == "mc":
         pick = choose_texts if cfg.mc_method == "text" else choose_letters
@@ -255,7 +167,7 @@ def evaluate(lm, items: Sequence[BenchItem], config: AccuracyConfig | None = Non
         preds = _predict(lm, [items[j] for j in chunk], cfg)
         lines = []
         for j, p in zip(chunk, preds):
-            found[keys[j]] = (p, int(_grade(items[j], p)))
+            found[keys[j]] = (p, int(grade(items[j], p)))
             lines.append(json.dumps({"id": keys[j][0], "h": keys[j][1], "pred": p, "correct": found[keys[j]][1]},
                                     ensure_ascii=False))
         if path:

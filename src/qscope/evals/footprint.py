@@ -9,20 +9,18 @@ it is computed: reruns are free and interrupted runs resume where they stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..data.benchmarks import BenchItem, item_key, resume_order
 from ..errors import QScopeError
 from ..io import ItemCache
 from ..paths import file_slug, home_dir
-from .benchmarks import BenchItem, item_key, resume_order
 
 POSITIONS = ("last", "any")
 
@@ -78,34 +76,13 @@ class Footprint:
 
 
 # ---------------------------------------------------------------------------- cache
-def sae_fingerprint(sae) -> str:
-    """A short stable id of an SAE's weights (random SAEs have no name to key a cache by)."""
-    digest = hashlib.sha1()
-    digest.update(json.dumps([sae.cfg.d_model, sae.cfg.d_sae, sae.cfg.k, sae.cfg.activation]).encode())
-    for t in (sae.W_enc[:, :64], sae.b_enc[:64]):
-        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
-
-
 def cache_file(lm, sae, layer: int, position: str, benchmark: str, max_length: int, root: Path | None = None) -> Path:
     root = Path(root) if root else home_dir("footprints")
-    key = f"{file_slug(lm.name)}__sae-{sae_fingerprint(sae)}__L{layer}__{position}__T{max_length}"
+    key = f"{file_slug(lm.name)}__sae-{sae.fingerprint()}-k{sae.cfg.k}__L{layer}__{position}__T{max_length}"
     return root / key / f"{file_slug(benchmark)}.jsonl"
 
 
 # ---------------------------------------------------------------------------- compute
-@contextmanager
-def left_truncation(lm) -> Iterator[None]:
-    """Over-long prompts lose their beginning, not the question and cue at their end."""
-    tok = lm.tokenizer
-    old = getattr(tok, "truncation_side", "right")
-    tok.truncation_side = "left"
-    try:
-        yield
-    finally:
-        tok.truncation_side = old
-
-
 def item_features(values, indices, position: str) -> np.ndarray:
     """Active feature ids of one text's codes (T, k) at the last token / any token but 0."""
     if position == "last":
@@ -156,7 +133,7 @@ def compute_footprints(lm, saes: Sequence, items: Sequence[BenchItem], config: F
     todo = resume_order(todo, items, config.batch_size)
     for start in range(0, len(todo), config.batch_size):
         chunk = todo[start:start + config.batch_size]
-        with left_truncation(lm):
+        with lm.left_truncation():
             cap = lm.capture([items[j].prompt for j in chunk], sorted(set(layers)), max_length=config.max_length,
                              batch_size=config.batch_size)
         codes = {}
@@ -173,7 +150,7 @@ def compute_footprints(lm, saes: Sequence, items: Sequence[BenchItem], config: F
             progress(len(chunk))
     return [Footprint(benchmark, [k[0] for k in keys], [np.asarray(got[k]["f"], dtype=np.int64) for k in keys],
                       sae.cfg.d_sae, layer, pos,
-                      {"model": lm.name, "sae": sae_fingerprint(sae), "max_length": config.max_length})
+                      {"model": lm.name, "sae": sae.fingerprint(), "max_length": config.max_length})
             for (sae, layer, pos), got in zip(combos, found)]
 
 

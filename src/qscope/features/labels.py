@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from ..language import detect_language
+from ..data.language import detect_language
 
 AUTO = "auto"  # the source of an automatic label
 LANGUAGE_NAMES = {"fr": "French", "de": "German", "es": "Spanish", "zh": "Chinese", "ja": "Japanese", "ko": "Korean",

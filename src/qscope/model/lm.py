@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -105,6 +105,16 @@ class LM:
             raise QScopeError(f"SAE d_model={cfg.d_model} does not match {self.name} (d_model={self.d_model}): "
                               f"this SAE belongs to another model{f' ({cfg.model_name})' if cfg.model_name else ''}")
         return int(layer)
+
+    @contextmanager
+    def left_truncation(self) -> Iterator[None]:
+        """Inside: over-long prompts lose their beginning, not the question and cue at their end."""
+        old = getattr(self.tokenizer, "truncation_side", "right")
+        self.tokenizer.truncation_side = "left"
+        try:
+            yield
+        finally:
+            self.tokenizer.truncation_side = old
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = 512, padding_side: str = "right"):
         """Batch-tokenise with padding; no special tokens are added beyond the tokenizer's own."""

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from ..errors import QScopeError
+from ..parse import int_list
 from ..sae.registry import Release
 from .arch import Arch
 from .hardware import DEFAULT_EFFICIENCY, GIB, RESERVED_GIB, Hardware
@@ -124,10 +125,7 @@ def resolve_layers(spec: str | Sequence[int] | None, arch: Arch, releases: Seque
     if spec is None or spec == "all":
         return list(range(n))
     if isinstance(spec, str):
-        try:
-            layers = [int(x) for x in spec.replace(" ", "").split(",") if x]
-        except ValueError:
-            raise QScopeError(f"--layers: expected 'all' or comma-separated layer numbers, not {spec!r}") from None
+        layers = int_list(spec, "--layers", "6,15,24 (or all)")
     else:
         layers = [int(x) for x in spec]
     if not layers:

@@ -2,9 +2,9 @@
 against repetition)."""
 
 from .grpo import GRPOConfig, GRPOResult, add_lora, default_reward, group_advantages, grpo_step, sample_groups, train_grpo
-from ..language import code_switch_ratio, contains_language, detect_languages  # public here before qscope.language
-from .language import (LanguageFeatureSet, choose_language_features, estimate_alphas, monolinguality, script_token_ids,
-                       selection_split)
+from ..data.language import code_switch_ratio, contains_language, detect_languages  # public here too
+from .language_features import (LanguageFeatureSet, choose_language_features, estimate_alphas, monolinguality,
+                                script_token_ids, selection_split)
 from .repetition import causal_check, repetition_features, repetition_ratio, repetitive_corpus
 from .sasft import (SASFTConfig, SASFTLossMixin, SASFTPenalty, SASFTResult, SASFTTrainer, SFTExample, build_sft_batch,
                     run_sasft, sasft_trainer, sft_step, unlikelihood_loss)

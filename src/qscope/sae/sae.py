@@ -7,6 +7,7 @@ says so), then TopK / JumpReLU / ReLU. TopK SAEs decode sparsely from the k acti
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -62,6 +63,12 @@ class SAE(nn.Module):
         from .formats import save_sae
 
         return save_sae(self, folder, dtype=dtype)
+
+    def fingerprint(self) -> str:
+        """A short stable id of the weights (SHA-1 of every (d_sae // 64)-th decoder row): random
+        SAEs have no name, so caches and feature stores are keyed by, and checked against, this."""
+        w = self.W_dec.detach()[:: max(1, self.cfg.d_sae // 64)].float().cpu().contiguous()
+        return hashlib.sha1(w.numpy().tobytes()).hexdigest()[:16]
 
     # ----------------------------------------------------------------- math
     @property

@@ -9,7 +9,7 @@
 from .checkpoint import MetricsLog, has_checkpoint, load_checkpoint, save_checkpoint
 from .store import ActivationStore, CacheSource, LMSource, build_cache, read_cache_meta, write_cache
 from .topk import TopKTrainer, auxk_loss, default_lr, fvu, lr_at, sparse_decode, sparse_encode
-from .trainer import TrainConfig, Trainer, evaluate_saes, init_distributed, parse_count, parse_layers, train
+from .trainer import TrainConfig, TrainProgress, Trainer, evaluate_saes, init_distributed, parse_count, parse_layers, train
 
 __all__ = [
     "ActivationStore",
@@ -18,6 +18,7 @@ __all__ = [
     "MetricsLog",
     "TopKTrainer",
     "TrainConfig",
+    "TrainProgress",
     "Trainer",
     "auxk_loss",
     "build_cache",

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import QScopeError
 from ..io import write_json
+from ..parse import int_list
 from ..provenance import record
 from . import checkpoint as ckpt
 from .store import ActivationStore, CacheSource, LMSource, build_cache, read_cache_meta
@@ -194,10 +195,7 @@ def parse_layers(value: str | int | Sequence[int]) -> list[int]:
     if isinstance(value, int):
         return [value]
     if isinstance(value, str):
-        try:
-            return [int(part) for part in value.replace(" ", "").split(",") if part]
-        except ValueError:
-            raise QScopeError(f"layers must be comma-separated integers, got {value!r}") from None
+        return int_list(value, "layers")
     return [int(v) for v in value]
 
 
@@ -244,19 +242,36 @@ def _barrier(world: int) -> None:
 # --------------------------------------------------------------------------- trainer
 
 
+class TrainProgress:
+    """What the training loop tells a live display, on rank 0 only. This base shows nothing;
+    the CLI's live view (`qscope.cli.train`) subclasses it."""
+
+    def start(self, total_steps: int, done_steps: int) -> None:
+        """The loop begins (`done_steps` > 0 when resuming)."""
+
+    def logged(self, row: dict) -> None:
+        """A metrics row was written (the row of `metrics.jsonl`)."""
+
+    def advance(self, step: int) -> None:
+        """`step` steps are done."""
+
+    def close(self) -> None:
+        """The loop ended, normally or not."""
+
+
 class Trainer:
     """Train TopK SAEs on `cfg.layers` of `cfg.model` (or from `cfg.cache_dir`).
 
     `lm` and `texts` override loading the model and the data spec (tests, notebooks);
     `on_step(trainer)` is called after every step (hooks for tests and custom logging);
-    `progress=False` turns the rich progress bar off.
+    `progress` receives the loop's progress for a display (default: none).
     `resume`: None continues from a checkpoint if `out_dir` has one; True requires one; False
     starts afresh and refuses an `out_dir` holding an earlier run unless `overwrite`, which
     deletes that run's files once the new configuration has been checked.
     A fresh run that fails before its first checkpoint removes what it wrote.
     """
 
-    def __init__(self, cfg: TrainConfig, lm=None, texts=None, progress: bool = True,
+    def __init__(self, cfg: TrainConfig, lm=None, texts=None, progress: TrainProgress | None = None,
                  on_step: Callable[[Trainer], None] | None = None, resume: bool | None = None,
                  overwrite: bool = False):
         self.cfg = cfg
@@ -420,7 +435,8 @@ class Trainer:
         start_time = time.perf_counter()
         window_start, window_tokens = start_time, 0
         acc = {layer: acc.get(layer) or _zero_acc() for layer in self.trainers}
-        bar = _Progress(total, self.step, enabled=self.progress and rank == 0)
+        bar = self.progress if self.progress is not None and rank == 0 else TrainProgress()
+        bar.start(total, self.step)
         try:
             while self.step < total:
                 try:
@@ -454,7 +470,7 @@ class Trainer:
                     if rank == 0:
                         log.append(row)
                         self.rows.append(row)
-                    bar.describe(row)
+                    bar.logged(row)
                 if self.step % cfg.ckpt_every == 0 or self.step == total:
                     self._checkpoint(cfg, acc, elapsed0 + time.perf_counter() - start_time, rank, world)
                 bar.advance(self.step)
@@ -579,64 +595,10 @@ def _acc_sums(acc: dict) -> torch.Tensor:
     return torch.zeros(4, dtype=torch.float64) if sums is None else sums.detach().double()
 
 
-class _Progress:
-    """Live view on stderr: a progress bar plus a per-layer table of the latest metrics row."""
-
-    def __init__(self, total: int, done: int, enabled: bool):
-        self.live = None
-        self.row: dict | None = None
-        if not enabled:
-            return
-        from rich.console import Group
-        from rich.live import Live
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from ..cli.common import console
-
-        self.bar = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                            TimeRemainingColumn(), TextColumn("{task.description}"), console=console)
-        self.task = self.bar.add_task("", total=total, completed=done)
-        self.live = Live(Group(self.bar, self), console=console, refresh_per_second=4)
-        self.live.start()
-
-    def __rich__(self):
-        from rich.table import Table
-
-        if self.row is None:
-            return ""
-        table = Table(box=None, pad_edge=False)
-        for name in ("layer", "loss", "fvu", "auxk", "l0", "dead", "tok/s"):
-            table.add_column(name, justify="right")
-        for layer, m in self.row["layers"].items():
-            table.add_row(layer, f"{m['loss']:.4f}", f"{m['fvu']:.4f}", f"{m['auxk']:.3f}", f"{m['l0']:.1f}",
-                          f"{m['dead']:.1%}", _si(m["tokens_per_s"]))
-        return table
-
-    def describe(self, row: dict) -> None:
-        if self.live is None:
-            return
-        self.row = row
-        self.bar.update(self.task, description=f"{_si(row['tokens_per_s'])} tok/s, {_si(row['tokens'])} tokens")
-
-    def advance(self, step: int) -> None:
-        if self.live is not None:
-            self.bar.update(self.task, completed=step)
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-
-
-def _si(x: float) -> str:
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.1f}{unit}"
-    return f"{x:.0f}"
-
-
 def train(cfg: TrainConfig, **kwargs) -> dict[str, Any]:
     """Run (or resume) `cfg`; keyword arguments go to `Trainer`."""
     return Trainer(cfg, **kwargs).run()
 
 
-__all__ = ["TrainConfig", "Trainer", "evaluate_saes", "init_distributed", "parse_count", "parse_layers", "train"]
+__all__ = ["TrainConfig", "TrainProgress", "Trainer", "evaluate_saes", "init_distributed", "parse_count", "parse_layers",
+           "train"]

@@ -8,7 +8,7 @@ multiple choice by choice-letter log-likelihood right after the prompt's "Answer
 ramble when asked to write the letter), or by "cloze" log-likelihood of each choice's text (what
 small models are usually evaluated with: SmolLM2-135M answers "A" to every lettered ARC-Easy
 question, which makes "correct" merely "the gold letter is A"); open answers by the first generated line containing a
-normalised gold alias; math by the final number (graders shared with `qscope.evals.accuracy`).
+normalised gold alias; math by the final number (graders: `qscope.data.graders`, shared with evals).
 SAE codes are NOT cached: they are recomputed from the cached residuals, so new SAEs need no
 new model run.
 """
@@ -25,9 +25,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.benchmarks import LETTERS, BenchItem, item_key, mc_prompt
+from ..data.graders import first_line, grade, letter_token_ids
 from ..errors import QScopeError
-from ..evals.accuracy import first_line, letter_token_ids, math_correct, open_correct
-from ..evals.benchmarks import LETTERS, BenchItem, item_key
 from ..io import ItemCache
 from ..model import hooks
 from ..paths import file_slug, home_dir
@@ -146,8 +146,6 @@ def _trace(lm, logits: list[torch.Tensor], tokens: torch.Tensor, stop_newline: b
 
 def question_prompt(item: BenchItem) -> str:
     """A lettered multiple-choice prompt without its choice lines, for cloze scoring."""
-    from ..evals.benchmarks import mc_prompt
-
     tail = mc_prompt("", item.choices, header="")  # "\nA. ...\nB. ...\nAnswer:"
     if not item.prompt.endswith(tail):
         raise QScopeError(f"{item.id}: cloze scoring needs a prompt ending in its lettered choices and 'Answer:'")
@@ -205,13 +203,11 @@ def label_cloze(lm, items: Sequence[BenchItem], cfg: LabelConfig) -> list[Labell
 @torch.no_grad()
 def label_batch(lm, items: Sequence[BenchItem], cfg: LabelConfig) -> list[LabelledItem]:
     """Run one batch (one kind) through the model; see the module docstring."""
-    from ..evals.footprint import left_truncation
-
     kind = items[0].kind
     if kind == "mc" and cfg.mc_scoring == "cloze":
         return label_cloze(lm, items, cfg)
     prompts = [lm.chat_prompt(it.prompt) if cfg.chat else it.prompt for it in items]
-    with left_truncation(lm):
+    with lm.left_truncation():
         enc = lm.tokenize(prompts, max_length=cfg.max_length, padding_side="left")
     new = cfg.max_new_tokens if kind != "mc" else max(1, cfg.mc_trace_tokens)
     with hooks.record(lm.layers, range(len(lm.layers)), stop=False, first_call_only=True,
@@ -239,7 +235,7 @@ def label_batch(lm, items: Sequence[BenchItem], cfg: LabelConfig) -> list[Labell
         else:
             text = lm.tokenizer.decode(gen[row], skip_special_tokens=True)
             prediction = text if kind == "math" else first_line(text)
-            correct = math_correct(text, it.answer) if kind == "math" else open_correct(text, it.aliases or [it.answer])
+            correct = grade(it, text)
         trace_p, trace_h = ([], [])
         if kind != "mc" or cfg.mc_trace_tokens > 0:
             trace_p, trace_h = _trace(lm, step_logits, gen[row], stop_newline=kind != "math")

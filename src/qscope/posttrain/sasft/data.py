@@ -13,7 +13,7 @@ from typing import Sequence, Union
 import torch
 
 from ...errors import QScopeError
-from ...language import contains_language
+from ...data.language import contains_language
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-from .errors import QScopeError
+from ..errors import QScopeError
 
 # script -> [(first, last) code point ranges]; script names are what `script_counts` reports.
 SCRIPTS: dict[str, list[tuple[int, int]]] = {

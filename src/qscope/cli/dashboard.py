@@ -14,7 +14,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from .store.results import Example, FeatureDashboard
+from ..features.store.results import Example, FeatureDashboard
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
