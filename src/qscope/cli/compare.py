@@ -147,7 +147,7 @@ def _compare_groups(a, b, layers_spec, focus, model, texts, n_texts, max_tokens,
                     name, per_feature, device, json) -> None:
     from ..compare.groups import compare_groups, write_group_report
     from ..provenance import record
-    from .classify import int_list
+    from ..parse import int_list
 
     layers = int_list(layers_spec, "--layers")
     if not layers:
