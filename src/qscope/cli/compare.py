@@ -65,7 +65,6 @@ def compare_cmd(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..compare import compare_saes, summary_rows, write_report
-    from ..provenance import record
     from ..sae import SAE
 
     with console.status("loading SAEs"):
@@ -92,11 +91,7 @@ def compare_cmd(
 
         result = compare_saes(sae_a, sae_b, lm, text_list, layers=layers, names=(a, b), method=method,
                               max_tokens=max_tokens, min_fires=min_fires, examples=examples, progress=progress)
-    if out is not None:
-        paths = write_report(result, out, name=name, per_feature=per_feature, provenance=record())
-        console.print("wrote " + ", ".join(str(p) for p in paths))
-    if json:
-        emit_json(result.to_dict(per_feature=per_feature))
+    if _written_or_json(result, write_report, out, name, per_feature, json):
         return
     table = Table("metric", "value", title=f"shared fraction (decoder & encoder, cos > 0.7): {result.shared_fraction:.1%}")
     for key, value in summary_rows(result):
@@ -111,6 +106,18 @@ def compare_cmd(
                           "" if e.frequency is None else f"{e.frequency:.4f}",
                           " ".join(repr(x) for x in e.promotes), " ".join(repr(x) for x in e.partner_promotes))
             console.print(t)
+
+
+def _written_or_json(result, write, out: Path | None, name: str, per_feature: bool, json: bool) -> bool:
+    """Write the report files (with --out) and print JSON (with --json); True when JSON was printed."""
+    from ..provenance import record
+
+    if out is not None:
+        paths = write(result, out, name=name, per_feature=per_feature, provenance=record())
+        console.print("wrote " + ", ".join(str(p) for p in paths))
+    if json:
+        emit_json(result.to_dict(per_feature=per_feature))
+    return json
 
 
 def focus_features(path: Path, layers: list[int]) -> dict[int, list[int]]:
@@ -146,7 +153,6 @@ def _load_group(source: str, layers: list[int]) -> dict:
 def _compare_groups(a, b, layers_spec, focus, model, texts, n_texts, max_tokens, activations, min_fires, method, out,
                     name, per_feature, device, json) -> None:
     from ..compare.groups import compare_groups, write_group_report
-    from ..provenance import record
     from ..parse import int_list
 
     layers = int_list(layers_spec, "--layers")
@@ -173,11 +179,7 @@ def _compare_groups(a, b, layers_spec, focus, model, texts, n_texts, max_tokens,
 
         result = compare_groups(group_a, group_b, lm, text_list, focus=focus_ids, names=(a, b), on_layer=on_layer,
                                 method=method, max_tokens=max_tokens, min_fires=min_fires, examples=0)
-    if out is not None:
-        paths = write_group_report(result, out, name=name, per_feature=per_feature, provenance=record())
-        console.print("wrote " + ", ".join(str(p) for p in paths))
-    if json:
-        emit_json(result.to_dict(per_feature=per_feature))
+    if _written_or_json(result, write_group_report, out, name, per_feature, json):
         return
     table = Table("layer", "shared (dec & enc cos > 0.7)", "focus: decoder cos > 0.7", "focus: activation corr > 0.7",
                   "note",
