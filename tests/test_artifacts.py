@@ -6,6 +6,7 @@ import functools
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -74,29 +75,45 @@ def check_cli(root, args: list[str]) -> str | None:
     return f"`{' '.join(path)}` has no option(s) {bad}" if bad else None
 
 
-def check_script(args: list[str]) -> str | None:
-    """None if the script exists in the repo and (for Python) declares every option given."""
+def script_source(path: str, commit: str | None) -> str | None:
+    """The script's text now, or as it was at `commit` (None where it does not exist; a clone
+    without that history cannot tell, and counts as existing)."""
+    if commit is None:
+        script = ROOT / path
+        return script.read_text(encoding="utf-8") if script.is_file() else None
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True, text=True)
+    except OSError:
+        return ""
+    if out.returncode == 0:
+        return out.stdout
+    known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True)
+    return None if known.returncode == 0 else ""
+
+
+def check_script(args: list[str], commit: str | None = None) -> str | None:
+    """None if the script exists in the repo (at `commit` when given: artefacts made by an earlier
+    design of a script) and, for Python, declares every option given."""
     if not args:
         return "no script named"
-    script = ROOT / args[0]
-    if not script.is_file():
-        return f"no script {args[0]}"
-    if script.suffix == ".py":
-        source = script.read_text(encoding="utf-8")
+    source = script_source(args[0], commit)
+    if source is None:
+        return f"no script {args[0]}" + (f" at commit {commit}" if commit else "")
+    if args[0].endswith(".py") and source:
         bad = [o for o in options(args[1:]) if f'"{o}"' not in source]
         if bad:
             return f"{args[0]} declares no option(s) {bad}"
     return None
 
 
-def problem(root, command: str) -> str | None:
+def problem(root, command: str, commit: str | None = None) -> str | None:
     w = words(command)
     if not w:
         return "empty command"
     if w[0] in QSCOPES:
         return check_cli(root, w[1:])
     if w[0] in PYTHONS or w[0] == "bash":
-        return check_script(w[1:])
+        return check_script(w[1:], commit)
     return f"unknown program {w[0]!r} (expected qscope, python or bash)"
 
 
@@ -116,7 +133,7 @@ def test_every_command_exists_in_the_repo():
     for path, entry in manifest().items():
         assert isinstance(entry.get("command"), str) and isinstance(entry.get("recorded"), bool), path
         for command in [*entry.get("after", []), entry["command"]]:
-            if (why := problem(root, command)) is not None:
+            if (why := problem(root, command, entry.get("at_commit"))) is not None:
                 bad[path] = f"{command!r}: {why}"
     assert not bad, bad
 
