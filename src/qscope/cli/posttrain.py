@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ..parse import int_list
 from .common import JsonOpt, ModelOpt, SaeOpt, console, emit_json, load_models, read_texts
 
 app = typer.Typer(help="SAE-guided post-training: SASFT against code-switching, SAE-guided GRPO against repetition.",
@@ -18,15 +19,6 @@ app.add_typer(features_app, name="features")
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="posttrain")
-
-
-def _layers(spec: str) -> list[int]:
-    from ..errors import QScopeError
-
-    try:
-        return [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise QScopeError(f"--layers must be comma-separated integers, not {spec!r}") from None
 
 
 def _texts_by_lang(spec: str, limit: int) -> dict[str, list[str]]:
@@ -59,7 +51,7 @@ def language_cmd(
     from ..posttrain import choose_language_features
 
     by_lang = _texts_by_lang(texts, limit)
-    lm, saes = load_models(model, sae, _layers(layers))
+    lm, saes = load_models(model, sae, int_list(layers, "--layers"))
     with console.status("monolinguality and alphas"):
         chosen = choose_language_features(lm, saes, by_lang, lang, top=top, max_length=64)
     for layer, res in chosen.layers.items():
@@ -235,7 +227,7 @@ def grpo_cmd(
     if features:  # trained: fp32, as in sasft
         loaded = load_models(model, sae, layer, dtype="float32")
         lm = loaded.lm
-        steer = Steering.add(loaded.sae, {int(f): strength for f in features.split(",")})
+        steer = Steering.add(loaded.sae, {f: strength for f in int_list(features, "--features")})
     else:
         with console.status("loading model"):
             lm = load_model(model, dtype="float32")

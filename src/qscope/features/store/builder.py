@@ -23,12 +23,6 @@ from .layout import HIST_EDGES, LEFT, N_EFFECTS, RIGHT, SAMPLES_PER_INTERVAL, SC
 from .reader import FeatureStore
 
 
-def sae_fingerprint(sae) -> str:
-    """A short hash of some decoder rows: catches resuming a store with a different SAE."""
-    w = sae.W_dec.detach()[:: max(1, sae.cfg.d_sae // 64)].float().cpu().contiguous()
-    return hashlib.sha1(w.numpy().tobytes()).hexdigest()[:16]
-
-
 def _chain(prev: str, text: str) -> str:
     """Running hash of the texts processed so far: resuming with other texts is refused."""
     return hashlib.sha1((prev + hashlib.sha1(text.encode("utf-8")).hexdigest()).encode()).hexdigest()
@@ -82,7 +76,7 @@ def build_store(lm, sae, texts: Iterable, path: str | Path, layer: int | None = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wanted = {"schema": SCHEMA_VERSION, "model": lm.name, "sae": sae_name or sae.cfg.model_name or "sae",
-              "sae_fingerprint": sae_fingerprint(sae), "layer": layer, "d_sae": sae.cfg.d_sae, "k": sae.cfg.k,
+              "sae_fingerprint": sae.fingerprint(), "layer": layer, "d_sae": sae.cfg.d_sae, "k": sae.cfg.k,
               "top_n": top_n, "max_length": max_length, "left": LEFT, "right": RIGHT,
               "hist_edges": HIST_EDGES.tolist(), "samples_per_interval": SAMPLES_PER_INTERVAL}
     with _build_lock(path):
