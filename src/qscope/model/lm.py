@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
 from ..errors import QScopeError
 from . import hooks
 from .layers import find_decoder_layers, text_config
+
+if TYPE_CHECKING:
+    from ..sae import SAE
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class LM:
             raise QScopeError(f"layer {bad[0]} out of range: {self.name} has layers 0..{self.n_layers - 1}")
         return [int(layer) for layer in layers]
 
-    def check_sae(self, sae, layer: int | None = None) -> int:
+    def check_sae(self, sae: SAE, layer: int | None = None) -> int:
         """The layer `sae` reads from this model, after checking shape and layer range."""
         cfg = sae.cfg
         layer = cfg.layer if layer is None else layer

