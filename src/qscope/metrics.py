@@ -33,13 +33,17 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .errors import QScopeError
 from .model import hooks
+
+if TYPE_CHECKING:
+    from .model import LM
+    from .sae import SAE
 
 # Density bins of the firing-density histogram: [lo, hi) in fraction of counted tokens.
 DENSITY_EDGES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -150,7 +154,7 @@ class _Moments:
         self.n = n
 
 
-def _reconstruct(sae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _reconstruct(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_hat, per-token L0, per-feature firing counts) for a flat (n, d_model) batch.
 
     A feature fires when its code is non-zero. TopK SAEs decode sparsely from their k kept
@@ -196,7 +200,7 @@ def _density_summary(counts: torch.Tensor, n_tokens: int) -> tuple[list[dict[str
     return hist, quantiles
 
 
-def _resolve_layer(lm, sae, layer: int | None) -> int:
+def _resolve_layer(lm: LM, sae: SAE, layer: int | None) -> int:
     if layer is None:
         layer = sae.cfg.layer
     if layer is None:
@@ -208,7 +212,7 @@ def _resolve_layer(lm, sae, layer: int | None) -> int:
 
 
 @torch.no_grad()
-def evaluate_sae(lm, sae, texts: Sequence[str], layer: int | None = None, max_length: int = 256,
+def evaluate_sae(lm: LM, sae: SAE, texts: Sequence[str], layer: int | None = None, max_length: int = 256,
                  batch_size: int = 8, skip_first: bool = True, norm_mult: float | None = None,
                  progress: Callable[[int, int], None] | None = None) -> SAEEvalResult:
     """Measure `sae` on `lm`'s residual stream at `layer` (default: the SAE's own) over `texts`.
@@ -343,7 +347,7 @@ def evaluate_sae(lm, sae, texts: Sequence[str], layer: int | None = None, max_le
 
 
 @torch.no_grad()
-def text_perplexity(lm, texts: Sequence[str], max_length: int = 128, batch_size: int = 8) -> float:
+def text_perplexity(lm: LM, texts: Sequence[str], max_length: int = 128, batch_size: int = 8) -> float:
     """exp(mean next-token NLL) over `texts` (each cut to `max_length` tokens): the held-out
     fluency check after fine-tuning or steering a model."""
     if not texts:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 
 @dataclass
@@ -34,7 +39,8 @@ class EncodedText:
 
 
 @torch.no_grad()
-def encode_text(lm, sae, text: str, top: int = 5, layer: int | None = None, max_length: int = 512) -> EncodedText:
+def encode_text(lm: LM, sae: SAE, text: str, top: int = 5, layer: int | None = None,
+                max_length: int = 512) -> EncodedText:
     """Per-token top-`top` features of `sae` on `text` at the SAE's layer."""
     layer = lm.check_sae(sae, layer)
     cap = lm.capture([text], [layer], max_length=max_length)

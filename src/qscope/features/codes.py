@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 
 @dataclass
@@ -36,7 +40,7 @@ def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 @torch.no_grad()
-def iter_text_codes(lm, sae, texts: Iterable[str], layer: int | None = None, batch_size: int = 8,
+def iter_text_codes(lm: LM, sae: SAE, texts: Iterable[str], layer: int | None = None, batch_size: int = 8,
                     max_length: int = 256, k: int | None = None) -> Iterator[TextCodes]:
     """Yield each text's sparse codes in order, batched through the model (forward stopped at
     the SAE's layer). `k` defaults to the SAE's k (TopK) and must be given for other SAEs."""

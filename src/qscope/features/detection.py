@@ -15,11 +15,15 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import QScopeError
 from ..llm import ChatClient
 from .explain import N_EXAMPLES, ask_llm, example_text
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 SYSTEM = ("You check explanations of sparse-autoencoder features of a language model. Given an explanation of "
           "what a feature detects and numbered text excerpts, say in which excerpts the feature fires.")
@@ -95,7 +99,7 @@ def activating_excerpts(dash, n: int, rng: random.Random) -> list[tuple[str, flo
     return rng.sample(pool, min(n, len(pool)))
 
 
-def quiet_excerpts(store, lm, sae, feature: int, n: int, rng: random.Random, tries: int = 4) -> list[str]:
+def quiet_excerpts(store, lm: LM, sae: SAE, feature: int, n: int, rng: random.Random, tries: int = 4) -> list[str]:
     """Up to `n` random windows of the store's texts on which `feature` does not fire anywhere
     (read alone through the model; position 0, the attention sink, left out)."""
     from .codes import iter_text_codes
@@ -112,7 +116,7 @@ def quiet_excerpts(store, lm, sae, feature: int, n: int, rng: random.Random, tri
     return found[:n]
 
 
-def detection_score(store, lm, sae, feature: int, judge: Judge, n: int = 8, seed: int = 0,
+def detection_score(store, lm: LM, sae: SAE, feature: int, judge: Judge, n: int = 8, seed: int = 0,
                     run_model: Callable = lambda fn, *a, **k: fn(*a, **k)) -> DetectionScore:
     """Score `feature`'s label in `store` (its newest explanation, else its automatic label) by
     detection on `n` activating and `n` non-activating excerpts. `run_model(fn, *args)` runs the

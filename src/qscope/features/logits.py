@@ -7,8 +7,13 @@ a cheap, model-agnostic read of which tokens a feature promotes or suppresses.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 
 @dataclass
@@ -21,13 +26,13 @@ class TokenEffect:
         return asdict(self)
 
 
-def unembedding(lm) -> torch.Tensor:
+def unembedding(lm: LM) -> torch.Tensor:
     """(vocab, d_model) output embedding matrix."""
     return lm.model.get_output_embeddings().weight
 
 
 @torch.no_grad()
-def token_effects(lm, sae, features: list[int], n: int = 8) -> list[TokenEffect]:
+def token_effects(lm: LM, sae: SAE, features: list[int], n: int = 8) -> list[TokenEffect]:
     """Top `n` promoted and suppressed tokens for each feature's decoder direction."""
     W_U = unembedding(lm).to(sae.W_dec.dtype)
     logits = sae.W_dec[features].to(W_U.device) @ W_U.T  # (n_features, vocab)

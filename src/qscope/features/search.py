@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from ..errors import QScopeError
 from .codes import iter_text_codes
 from .logits import unembedding
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 
 class FeatureStats:
@@ -45,7 +49,7 @@ class FeatureStats:
         return self.text_fires / max(self.texts, 1)
 
 
-def collect_stats(lm, sae, texts: Sequence[str], layer: int | None = None, batch_size: int = 8,
+def collect_stats(lm: LM, sae: SAE, texts: Sequence[str], layer: int | None = None, batch_size: int = 8,
                   max_length: int = 256, progress=None) -> FeatureStats:
     stats = FeatureStats(sae.cfg.d_sae)
     for codes in iter_text_codes(lm, sae, texts, layer, batch_size, max_length):
@@ -83,8 +87,9 @@ class ContrastResult:
         return [f.feature for f in self.features]
 
 
-def contrast(lm, sae, positive: Sequence[str], negative: Sequence[str], layer: int | None = None, top: int = 20,
-             by: str = "mean", batch_size: int = 8, max_length: int = 256, progress=None) -> ContrastResult:
+def contrast(lm: LM, sae: SAE, positive: Sequence[str], negative: Sequence[str], layer: int | None = None,
+             top: int = 20, by: str = "mean", batch_size: int = 8, max_length: int = 256,
+             progress=None) -> ContrastResult:
     """Features ranked by how much more they fire on `positive` than on `negative` texts:
     difference of mean activation per token (`by="mean"`) or of firing rate (`by="rate"`)."""
     if not positive or not negative:
@@ -102,7 +107,8 @@ def contrast(lm, sae, positive: Sequence[str], negative: Sequence[str], layer: i
 
 
 @torch.no_grad()
-def features_for_tokens(lm, sae, tokens: Sequence[str], top: int = 20, suppress: bool = False) -> list[tuple[int, float]]:
+def features_for_tokens(lm: LM, sae: SAE, tokens: Sequence[str], top: int = 20,
+                        suppress: bool = False) -> list[tuple[int, float]]:
     """Features whose decoder direction most promotes (or suppresses) the given tokens' logits."""
     ids = []
     for token in tokens:
@@ -125,8 +131,8 @@ class OutputFeature:
 
 
 @torch.no_grad()
-def output_features(lm, sae, positive: Sequence[str], negative: Sequence[str], top: int = 20, n_tokens: int = 100,
-                    min_count: int = 3, chunk: int = 1024) -> list[OutputFeature]:
+def output_features(lm: LM, sae: SAE, positive: Sequence[str], negative: Sequence[str], top: int = 20,
+                    n_tokens: int = 100, min_count: int = 3, chunk: int = 1024) -> list[OutputFeature]:
     """Features chosen by what they do to the output, not by where they fire (output features,
     Arad et al. 2025; AxBench's finding that input-side features steer poorly).
 

@@ -21,12 +21,16 @@ import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..errors import QScopeError
 from ..io import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from ..model import LM
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 Texts = Iterable[str] | Callable[[], Iterable[str]]
@@ -52,9 +56,9 @@ class LMSource:
     but then is read once only.
     """
 
-    def __init__(self, lm, layers: Sequence[int], texts: Texts, ctx_len: int = 256, lm_batch: int = 32,
+    def __init__(self, lm: LM, layers: Sequence[int], texts: Texts, ctx_len: int = 256, lm_batch: int = 32,
                  norm_mult: float = 10.0, rank: int = 0, world: int = 1, dtype: str | torch.dtype = "float16",
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None) -> None:
         self.lm = lm
         self.layers = lm.check_layers(layers)
         self.d_model = lm.d_model
@@ -279,7 +283,7 @@ def write_cache(folder: str | Path, acts: dict[int, Tensor], shard_tokens: int =
     return info
 
 
-def build_cache(lm, layers: Sequence[int], texts: Texts, folder: str | Path, total_tokens: int, ctx_len: int = 256,
+def build_cache(lm: LM, layers: Sequence[int], texts: Texts, folder: str | Path, total_tokens: int, ctx_len: int = 256,
                 lm_batch: int = 32, norm_mult: float = 10.0, shard_tokens: int = 32768, dtype: str = "float16",
                 data: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
     """Run the LM over `texts` and write filtered activations as shards until `total_tokens`.
@@ -360,7 +364,7 @@ class ActivationStore:
         self.exhausted = False
 
     @classmethod
-    def from_lm(cls, lm, layers: Sequence[int], texts: Texts, batch_size: int = 4096, ctx_len: int = 256,
+    def from_lm(cls, lm: LM, layers: Sequence[int], texts: Texts, batch_size: int = 4096, ctx_len: int = 256,
                 lm_batch: int = 32, norm_mult: float = 10.0, buffer_tokens: int = 65536, seed: int = 0,
                 device: torch.device | str | None = None, dtype: str = "float16", rank: int = 0,
                 world: int = 1) -> ActivationStore:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,10 @@ from ..provenance import record
 from . import checkpoint as ckpt
 from .store import ActivationStore, CacheSource, LMSource, build_cache, read_cache_meta
 from .topk import TopKTrainer, default_lr, lr_at
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 # Fields that may differ between a checkpoint's config and the resuming call.
 RESUMABLE_CHANGES = {"total_tokens", "ckpt_every", "log_every", "device", "dtype", "save_dtype", "out_dir", "matmul"}
@@ -271,9 +275,9 @@ class Trainer:
     A fresh run that fails before its first checkpoint removes what it wrote.
     """
 
-    def __init__(self, cfg: TrainConfig, lm=None, texts=None, progress: TrainProgress | None = None,
+    def __init__(self, cfg: TrainConfig, lm: LM | None = None, texts=None, progress: TrainProgress | None = None,
                  on_step: Callable[[Trainer], None] | None = None, resume: bool | None = None,
-                 overwrite: bool = False):
+                 overwrite: bool = False) -> None:
         self.cfg = cfg
         self.resume = resume
         self.overwrite = overwrite
@@ -307,7 +311,7 @@ class Trainer:
 
         return texts
 
-    def _load_lm(self, cfg: TrainConfig, device: torch.device):
+    def _load_lm(self, cfg: TrainConfig, device: torch.device) -> LM:
         if self.lm is None:
             from ..model.loading import load_model
 
@@ -547,7 +551,8 @@ class Trainer:
         return evaluate_saes({layer: t.sae for layer, t in self.trainers.items()}, source, max_tokens)
 
 
-def evaluate_saes(saes: dict, source, max_tokens: int = 1 << 20, batch: int = 8192) -> dict[str, dict[str, float]]:
+def evaluate_saes(saes: dict[int, SAE], source, max_tokens: int = 1 << 20, batch: int = 8192) -> dict[str, dict[str,
+                  float]]:
     """FVU (pooled over all evaluated tokens) and mean L0 of {layer: SAE} on a source's chunks."""
     err = {layer: 0.0 for layer in saes}
     l0 = {layer: 0.0 for layer in saes}

@@ -12,7 +12,7 @@ import sqlite3
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
@@ -21,6 +21,10 @@ from .accumulate import FeatureAccumulator
 from .auto_labels import compute_auto_labels, write_labels
 from .layout import HIST_EDGES, LEFT, N_EFFECTS, RIGHT, SAMPLES_PER_INTERVAL, SCHEMA, SCHEMA_VERSION, connect, now
 from .reader import FeatureStore
+
+if TYPE_CHECKING:
+    from ...model import LM
+    from ...sae import SAE
 
 
 def _chain(prev: str, text: str) -> str:
@@ -44,7 +48,7 @@ def _as_item(item) -> tuple[str | None, str]:
     return (None, item) if isinstance(item, str) else (item[0], item[1])
 
 
-def _store_token_effects(conn: sqlite3.Connection, lm, sae, chunk: int = 256) -> None:
+def _store_token_effects(conn: sqlite3.Connection, lm: LM, sae: SAE, chunk: int = 256) -> None:
     """Promoted / suppressed tokens of every feature, once per store (they do not depend on texts)."""
     from ..logits import token_effects
 
@@ -58,7 +62,7 @@ def _store_token_effects(conn: sqlite3.Connection, lm, sae, chunk: int = 256) ->
             conn.executemany("INSERT OR REPLACE INTO token_effects VALUES (?, ?, ?)", rows)
 
 
-def build_store(lm, sae, texts: Iterable, path: str | Path, layer: int | None = None, max_length: int = 128,
+def build_store(lm: LM, sae: SAE, texts: Iterable, path: str | Path, layer: int | None = None, max_length: int = 128,
                 batch_size: int = 8, top_n: int = 20, checkpoint_every: int = 64, sae_name: str | None = None,
                 progress: Callable[[int, int], None] | None = None) -> FeatureStore:
     """Stream `texts` (strings, or `(label, text)` pairs) through `lm` and `sae` into the store at `path`.
@@ -129,7 +133,8 @@ def _open_for_build(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _build(conn, lm, sae, texts, path, wanted, layer, max_length, batch_size, checkpoint_every, progress) -> FeatureStore:
+def _build(conn, lm: LM, sae: SAE, texts, path, wanted, layer, max_length, batch_size, checkpoint_every,
+           progress) -> FeatureStore:
     meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
     for key in ("schema", "model", "sae_fingerprint", "layer", "d_sae", "top_n", "max_length", "left", "right",
                 "hist_edges"):
