@@ -10,7 +10,7 @@ the features of one SAE per layer that fire more on one than on the other.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,10 @@ from .report import (
 )
 from .texts import firing_rate_differences
 
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
+
 __all__ = ["compare_saes", "SAEComparison", "DirectionResult", "ActivationResult", "FeatureExample",
            "hungarian", "max_cosine", "activation_correlation", "write_report", "plot_comparison", "summary_rows",
            "firing_rate_differences"]
@@ -37,7 +41,7 @@ SHARED_AT = 0.7  # the headline criterion (report.SAEComparison.shared_fraction)
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
-def _side(sae, source: str | None, layer: int | None) -> dict:
+def _side(sae: SAE, source: str | None, layer: int | None) -> dict:
     c = sae.cfg
     return {"source": source or c.model_name or "sae", "d_sae": c.d_sae, "k": c.k, "activation": c.activation,
             "layer": c.layer if layer is None else layer, "model": c.model_name}
@@ -62,8 +66,9 @@ def compare_directions(wa: torch.Tensor, wb: torch.Tensor, thresholds: Sequence[
 
 
 @torch.no_grad()
-def shared_token_codes(lm, sae_a, sae_b, texts: Iterable[str], layers: tuple[int, int], max_tokens: int = 20000,
-                       batch_size: int = 8, max_length: int = 256, progress: Progress | None = None):
+def shared_token_codes(lm: LM, sae_a: SAE, sae_b: SAE, texts: Iterable[str], layers: tuple[int, int],
+                       max_tokens: int = 20000, batch_size: int = 8, max_length: int = 256,
+                       progress: Progress | None = None):
     """Sparse codes of both SAEs on the same tokens (position 0 skipped: its huge-norm
     attention-sink residual is not text). Returns (codes_a, codes_b, n_texts)."""
     texts = list(texts)
@@ -88,7 +93,7 @@ def shared_token_codes(lm, sae_a, sae_b, texts: Iterable[str], layers: tuple[int
     return sparse.vstack(parts_a).tocsr(), sparse.vstack(parts_b).tocsr(), n_texts
 
 
-def _codes(sae, h: torch.Tensor):
+def _codes(sae: SAE, h: torch.Tensor):
     """CSR codes of one SAE: its TopK pairs, or the nonzeros of the dense code."""
     from scipy import sparse
 
@@ -112,7 +117,8 @@ def _activation_result(best_a: BestCorrelation, best_b: BestCorrelation, dec_par
                             _shared(ca, len(ca), thresholds), _shared(cb, len(cb), thresholds), agree)
 
 
-def compare_saes(sae_a, sae_b, lm=None, texts: Iterable[str] | None = None, *, layers: tuple[int | None, int | None] = (None, None),
+def compare_saes(sae_a: SAE, sae_b: SAE, lm: LM | None = None, texts: Iterable[str] | None = None, *,
+                 layers: tuple[int | None, int | None] = (None, None),
                  names: tuple[str | None, str | None] = (None, None), thresholds: Sequence[float] = THRESHOLDS,
                  method: str = "auto", max_tokens: int = 20000, batch_size: int = 8, max_length: int = 256,
                  min_fires: int = 10, examples: int = 10, seed: int = 0, progress: Progress | None = None) -> SAEComparison:
@@ -162,7 +168,7 @@ def compare_saes(sae_a, sae_b, lm=None, texts: Iterable[str] | None = None, *, l
     return result
 
 
-def _examples(result: SAEComparison, lm, sae_a, sae_b, dec_match: Matching, n: int, seed: int,
+def _examples(result: SAEComparison, lm: LM, sae_a: SAE, sae_b: SAE, dec_match: Matching, n: int, seed: int,
               best_a: BestCorrelation | None, best_b: BestCorrelation | None, orphan_below: float) -> None:
     """Example shared pairs and orphans (no match above the lowest threshold), most frequent
     first when activation statistics exist (a frequent orphan matters more), else random."""
@@ -204,7 +210,7 @@ def _examples(result: SAEComparison, lm, sae_a, sae_b, dec_match: Matching, n: i
     result.orphans_b = [example(f, None, float(arr["dec_max_ba"][f]), "b") for f in orphan_b]
 
 
-def _promoted(lm, sae, features: list[int], n: int = 5) -> dict[int, list[str]]:
+def _promoted(lm: LM, sae: SAE, features: list[int], n: int = 5) -> dict[int, list[str]]:
     if lm is None or not features:
         return {}
     from ..features.logits import token_effects

@@ -7,6 +7,11 @@ different lengths compare; features whose rates are equal are left out of both l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 
 def _rows(a, b, order) -> list[dict]:
@@ -16,8 +21,8 @@ def _rows(a, b, order) -> list[dict]:
              "mean_b": round(float(b.mean[f]), 4)} for f in order if diff[f] != 0]
 
 
-def firing_rate_differences(lm, saes: dict, text_a: str, text_b: str, layers: Sequence[int], top: int = 10,
-                            max_length: int = 256) -> list[dict]:
+def firing_rate_differences(lm: LM, saes: dict[int, SAE], text_a: str, text_b: str, layers: Sequence[int],
+                            top: int = 10, max_length: int = 256) -> list[dict]:
     """Per layer: {layer, tokens_a, tokens_b, more_in_a, more_in_b}, each list the `top` features
     by rate difference (rows: feature, rate_a, rate_b, diff, mean_a, mean_b)."""
     from ..features.search import collect_stats

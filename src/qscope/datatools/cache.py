@@ -13,7 +13,7 @@ import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,6 +23,10 @@ from ..errors import QScopeError
 from ..features.codes import TextCodes
 from ..io import atomic_path, write_json
 from ..paths import home_dir
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 CHUNK = 64  # texts per forward chunk and per part file
 
@@ -55,7 +59,7 @@ def text_key(text: str) -> str:
 
 @torch.no_grad()
 def capture_examples(
-    lm, layers: Sequence[int], texts: Sequence[str], max_length: int = 128, batch_size: int = 16
+    lm: LM, layers: Sequence[int], texts: Sequence[str], max_length: int = 128, batch_size: int = 16
 ) -> list[dict[int, torch.Tensor]]:
     """Per text, {layer: (n_tokens, d_model) residuals} from one forward per batch."""
     cap = lm.capture(list(texts), list(layers), max_length=max_length, batch_size=batch_size)
@@ -63,7 +67,7 @@ def capture_examples(
 
 
 @torch.no_grad()
-def codes_from_residuals(saes: dict[int, object], residuals: Sequence[dict[int, torch.Tensor]]) -> Codes:
+def codes_from_residuals(saes: dict[int, SAE], residuals: Sequence[dict[int, torch.Tensor]]) -> Codes:
     """Example-level codes from per-text residuals: max activation per feature (position 0
     skipped, as `TextCodes.dense_max`) and the mean residual over the same positions."""
     layers = sorted(saes)
@@ -96,7 +100,7 @@ def codes_from_residuals(saes: dict[int, object], residuals: Sequence[dict[int, 
 
 
 def encode_examples(
-    lm, saes: dict[int, object], texts: Sequence[str], max_length: int = 128, batch_size: int = 16
+    lm: LM, saes: dict[int, SAE], texts: Sequence[str], max_length: int = 128, batch_size: int = 16
 ) -> Codes:
     """Codes of `texts` for every layer in `saes`, from one forward per batch (no cache)."""
     for layer in saes:
@@ -110,8 +114,9 @@ class ResidualStore:
     n_tokens x layers x d_model x 2 bytes on disk."""
 
     def __init__(
-        self, lm, layers: Sequence[int], folder: str | Path | None = None, max_length: int = 128, batch_size: int = 16
-    ):
+        self, lm: LM, layers: Sequence[int], folder: str | Path | None = None, max_length: int = 128,
+        batch_size: int = 16,
+    ) -> None:
         self.lm, self.layers, self.max_length, self.batch_size = lm, sorted(layers), max_length, batch_size
         lm.check_layers(self.layers)
         key = hashlib.sha1(f"{lm.name}|{lm.n_layers}|{lm.d_model}|{max_length}|{self.layers}".encode()).hexdigest()[:16]
@@ -164,7 +169,7 @@ def _load_part(path: Path) -> dict:
     return data
 
 
-def _fingerprint(lm, saes: dict[int, object], max_length: int, via_fp16: bool = False) -> str:
+def _fingerprint(lm: LM, saes: dict[int, SAE], max_length: int, via_fp16: bool = False) -> str:
     """Which model, SAE weights and truncation produced the codes (any change = new cache)."""
     digest = hashlib.sha1(
         f"{lm.name}|{lm.n_layers}|{lm.d_model}|{max_length}{'|fp16-residuals' if via_fp16 else ''}".encode()
@@ -180,13 +185,13 @@ class CodeCache:
 
     def __init__(
         self,
-        lm,
-        saes: dict[int, object],
+        lm: LM,
+        saes: dict[int, SAE],
         folder: str | Path | None = None,
         max_length: int = 128,
         batch_size: int = 16,
         residuals: ResidualStore | None = None,
-    ):
+    ) -> None:
         if residuals is not None and (residuals.max_length != max_length or not set(saes) <= set(residuals.layers)):
             raise QScopeError("the residual store was made with another max_length or lacks some SAE layers")
         self.residuals = residuals

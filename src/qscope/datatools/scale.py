@@ -16,12 +16,16 @@ import time
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from ..errors import QScopeError
 from ..io import write_json
 from .cache import encode_examples
 from .classify import FeatureClassifier
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 Loader = Callable[[], tuple]  # () -> (lm, {layer: SAE}); must pickle for Ray
 
@@ -63,8 +67,8 @@ def _progress_path(out: Path) -> Path:
 
 
 def classify_stream(
-    lm,
-    saes: dict,
+    lm: LM,
+    saes: dict[int, SAE],
     clf: FeatureClassifier,
     texts: Iterable[str],
     out: str | Path,
@@ -119,7 +123,7 @@ def given(*objects):
     return objects
 
 
-def load_default(model: str, sae: str, layers: tuple[int, ...]):
+def load_default(model: str, sae: str, layers: tuple[int, ...]) -> tuple[LM, dict[int, SAE]]:
     """Loader used by the CLI: each Ray actor loads the model and the SAEs itself."""
     from ..model import load
 

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -22,6 +22,10 @@ from ..errors import QScopeError
 from ..io import atomic_path
 from ..llm import ChatClient
 from .cache import encode_examples
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 NEUTRAL_PROMPTS = (
     "Write a short message.",
@@ -85,8 +89,8 @@ def coverage_from_acts(max_acts, targets: Sequence[int]) -> Coverage:
 
 
 def max_acts_of(
-    lm,
-    sae,
+    lm: LM,
+    sae: SAE,
     texts: Sequence[str],
     max_length: int = 128,
     batch_size: int = 16,
@@ -106,14 +110,14 @@ def max_acts_of(
     return sp.vstack(parts).tocsr() if parts else sp.csr_matrix((0, sae.cfg.d_sae), dtype=np.float32)
 
 
-def coverage(lm, sae, texts: Sequence[str], targets: Sequence[int], **kw) -> Coverage:
+def coverage(lm: LM, sae: SAE, texts: Sequence[str], targets: Sequence[int], **kw) -> Coverage:
     """Which targets the texts cover (any text fires the feature)."""
     return coverage_from_acts(max_acts_of(lm, sae, [t for t in texts if t.strip()], **kw), targets)
 
 
 # ------------------------------------------------------------------------- targets
 def targets_from_contrast(
-    lm, sae, positive: Sequence[str], negative: Sequence[str], n: int = 50, by: str = "rate", **kw
+    lm: LM, sae: SAE, positive: Sequence[str], negative: Sequence[str], n: int = 50, by: str = "rate", **kw
 ) -> list[int]:
     """The n features that fire most more often on `positive` than on `negative` texts."""
     from ..features.search import contrast
@@ -150,11 +154,11 @@ class RowSteering:
     """Adds `strength * W_dec[f_i]` to row i of the batch: one generate call serves many targets
     (rows with feature None are left alone). Duck-types `qscope.steer.Steering` for `lm.generate`."""
 
-    sae: object
+    sae: SAE
     features: list[int | None]
     strength: float
 
-    def edits(self, lm) -> dict:
+    def edits(self, lm: LM) -> dict:
         import torch
 
         layer = lm.check_sae(self.sae)
@@ -201,8 +205,8 @@ class LocalSteered(_LocalSampler):
     at every position (`target=None`: the same sampling unsteered, i.e. the random baseline).
     `generate_batch` serves many targets in one batched generate call."""
 
-    lm: object
-    sae: object
+    lm: LM
+    sae: SAE
     strength: float = 60.0
     prompts: Sequence[str] = NEUTRAL_PROMPTS
     max_new_tokens: int = 40
@@ -258,7 +262,7 @@ class LocalPrompted(_LocalSampler):
     """The local model, sampling from a prompt built from the feature's description (e.g. its
     top-activating examples); `target=None` describes no feature (random baseline)."""
 
-    lm: object
+    lm: LM
     describe: Callable[[int | None], str]
     template: str = EXAMPLES_TEMPLATE
     max_new_tokens: int = 40
@@ -276,7 +280,7 @@ class LocalPrompted(_LocalSampler):
         return {"text": text, "prompt": prompt, "seed": seed}
 
 
-def describe_by_tokens(lm, sae, n: int = 10) -> Callable[[int], str]:
+def describe_by_tokens(lm: LM, sae: SAE, n: int = 10) -> Callable[[int], str]:
     """Feature -> text description from the tokens its decoder direction promotes."""
     from ..features.logits import token_effects
 
@@ -342,7 +346,7 @@ class Candidate:
 
 
 def _check(
-    lm, sae, rows: list[tuple[int | None, dict]], generator: str, targets: list[int], max_length: int
+    lm: LM, sae: SAE, rows: list[tuple[int | None, dict]], generator: str, targets: list[int], max_length: int
 ) -> list[Candidate]:
     """Encode candidates (unsteered) and mark each kept iff it fires its own target."""
     texts = [r["text"] for _, r in rows]
@@ -361,8 +365,8 @@ def _check(
 
 
 def synthesize(
-    lm,
-    sae,
+    lm: LM,
+    sae: SAE,
     targets: Sequence[int],
     generator: Generator,
     per_target: int = 4,
@@ -387,8 +391,8 @@ def synthesize(
 
 
 def untargeted(
-    lm,
-    sae,
+    lm: LM,
+    sae: SAE,
     targets: Sequence[int],
     generator: Generator,
     budget: int,
@@ -447,8 +451,8 @@ def _summary(cands: list[Candidate], seed_cov: Coverage, use_all: bool) -> dict:
 
 
 def compare(
-    lm,
-    sae,
+    lm: LM,
+    sae: SAE,
     seed_texts: Sequence[str],
     targets: Sequence[int],
     generator: Generator,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from ..data.graders import first_line, grade, letter_token_ids
 from ..errors import QScopeError
 from ..io import append_lines
 from ..paths import file_slug, home_dir
+
+if TYPE_CHECKING:
+    from ..model import LM
 
 
 @dataclass
@@ -69,7 +72,7 @@ class AccuracyResult:
 
 # ---------------------------------------------------------------------------- scoring
 @torch.no_grad()
-def choose_letters(lm, items: Sequence[BenchItem], max_length: int = 512) -> list[str]:
+def choose_letters(lm: LM, items: Sequence[BenchItem], max_length: int = 512) -> list[str]:
     """For each multiple-choice item, the letter with the highest next-token log-probability."""
     with lm.left_truncation():
         enc = lm.tokenize([it.prompt for it in items], max_length=max_length)
@@ -85,7 +88,7 @@ def choose_letters(lm, items: Sequence[BenchItem], max_length: int = 512) -> lis
 
 
 @torch.no_grad()
-def choice_scores(lm, stem: str, choices: Sequence[str], max_length: int = 512) -> list[float]:
+def choice_scores(lm: LM, stem: str, choices: Sequence[str], max_length: int = 512) -> list[float]:
     """Log-likelihood per character of each " choice" continuing `stem`: the stem runs once and
     its KV cache is shared by all choices (batched, right-padded)."""
     tok = lm.tokenizer
@@ -112,7 +115,7 @@ def choice_scores(lm, stem: str, choices: Sequence[str], max_length: int = 512) 
     return scores
 
 
-def choose_texts(lm, items: Sequence[BenchItem], max_length: int = 512) -> list[str]:
+def choose_texts(lm: LM, items: Sequence[BenchItem], max_length: int = 512) -> list[str]:
     """For each multiple-choice item, the letter of the choice whose text is likeliest per character."""
     out = []
     for it in items:
@@ -122,7 +125,7 @@ def choose_texts(lm, items: Sequence[BenchItem], max_length: int = 512) -> list[
     return out
 
 
-def _predict(lm, items: Sequence[BenchItem], cfg: AccuracyConfig) -> list[str]:
+def _predict(lm: LM, items: Sequence[BenchItem], cfg: AccuracyConfig) -> list[str]:
     if items[0].kind == "mc":
         pick = choose_texts if cfg.mc_method == "text" else choose_letters
         return pick(lm, items, cfg.max_length)
@@ -132,7 +135,7 @@ def _predict(lm, items: Sequence[BenchItem], cfg: AccuracyConfig) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- run with cache
-def evaluate(lm, items: Sequence[BenchItem], config: AccuracyConfig | None = None, benchmark: str | None = None,
+def evaluate(lm: LM, items: Sequence[BenchItem], config: AccuracyConfig | None = None, benchmark: str | None = None,
              cache: bool | Path = True, progress: Callable[[int], None] | None = None) -> AccuracyResult:
     """Score `lm` on `items` -> per-item 0/1 (in item order); cached per model and benchmark."""
     cfg = config or AccuracyConfig()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,10 @@ from ..data.benchmarks import BenchItem, item_key, resume_order
 from ..errors import QScopeError
 from ..io import ItemCache
 from ..paths import file_slug, home_dir
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 POSITIONS = ("last", "any")
 
@@ -76,7 +80,8 @@ class Footprint:
 
 
 # ---------------------------------------------------------------------------- cache
-def cache_file(lm, sae, layer: int, position: str, benchmark: str, max_length: int, root: Path | None = None) -> Path:
+def cache_file(lm: LM, sae: SAE, layer: int, position: str, benchmark: str, max_length: int,
+               root: Path | None = None) -> Path:
     root = Path(root) if root else home_dir("footprints")
     key = f"{file_slug(lm.name)}__sae-{sae.fingerprint()}-k{sae.cfg.k}__L{layer}__{position}__T{max_length}"
     return root / key / f"{file_slug(benchmark)}.jsonl"
@@ -93,7 +98,7 @@ def item_features(values, indices, position: str) -> np.ndarray:
     return np.unique(i[v > 0].numpy()).astype(np.int64)
 
 
-def compute_footprint(lm, sae, items: Sequence[BenchItem], config: FootprintConfig | None = None,
+def compute_footprint(lm: LM, sae: SAE, items: Sequence[BenchItem], config: FootprintConfig | None = None,
                       benchmark: str | None = None, cache: bool | Path = True,
                       progress: Callable[[int], None] | None = None) -> Footprint:
     """Footprint of `items` under `sae` on `lm` (items in the given order). `cache`: True = under
@@ -103,7 +108,7 @@ def compute_footprint(lm, sae, items: Sequence[BenchItem], config: FootprintConf
 
 
 @torch.no_grad()
-def compute_footprints(lm, saes: Sequence, items: Sequence[BenchItem], config: FootprintConfig | None = None,
+def compute_footprints(lm: LM, saes: Sequence[SAE], items: Sequence[BenchItem], config: FootprintConfig | None = None,
                        benchmark: str | None = None, cache: bool | Path = True,
                        progress: Callable[[int], None] | None = None,
                        positions: Sequence[str] | None = None) -> list[Footprint]:

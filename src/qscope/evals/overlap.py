@@ -9,12 +9,16 @@ Footprints grow with the number of items: compare benchmarks at equal item count
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ..errors import QScopeError
 from .footprint import Footprint
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 
 def _check(footprints: Sequence[Footprint]) -> None:
@@ -108,8 +112,8 @@ class UniqueFeatures:
         return asdict(self)
 
 
-def unique_features(target: Footprint, others: Sequence[Footprint], top: int = 20, lm=None, sae=None,
-                    n_tokens: int = 6) -> UniqueFeatures:
+def unique_features(target: Footprint, others: Sequence[Footprint], top: int = 20, lm: LM | None = None,
+                    sae: SAE | None = None, n_tokens: int = 6) -> UniqueFeatures:
     """Features of `target` that none of `others` activates, most frequent first; with `lm` and
     `sae`, each comes with the tokens its decoder direction promotes (a quick label)."""
     _check([target, *others])

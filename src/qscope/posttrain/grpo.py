@@ -16,13 +16,16 @@ update per batch, so the importance ratio is 1 for the others and ignored for it
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from ..errors import QScopeError
 from ..model import hooks
 from .repetition import repetition_ratio, words
+
+if TYPE_CHECKING:
+    from ..model import LM
 
 RewardFn = Callable[[str, str], float]
 
@@ -68,7 +71,8 @@ class Batch:
     prompt_width: int
 
 
-def add_lora(lm, r: int = 8, alpha: int = 16, target_modules: Sequence[str] = ("q_proj", "v_proj"), dropout: float = 0.0):
+def add_lora(lm: LM, r: int = 8, alpha: int = 16, target_modules: Sequence[str] = ("q_proj", "v_proj"),
+             dropout: float = 0.0) -> LM:
     """Wrap `lm.model` in LoRA adapters (peft), in place; `lm.layers` stays valid."""
     try:
         from peft import LoraConfig, get_peft_model
@@ -85,7 +89,7 @@ def _is_peft(model) -> bool:
 
 
 @torch.no_grad()
-def sample_groups(lm, prompts: Sequence[str], cfg: GRPOConfig, seed: int = 0) -> Batch:
+def sample_groups(lm: LM, prompts: Sequence[str], cfg: GRPOConfig, seed: int = 0) -> Batch:
     """G rollouts per prompt (chat template); with `cfg.steer`, rollout 0 of each group is steered."""
     if cfg.group_size < 2:
         raise QScopeError("GRPO needs group_size >= 2")
@@ -186,8 +190,8 @@ def grpo_loss(model, batch: Batch, ref_model=None, kl_coef: float = 0.04) -> tup
     return loss, stats
 
 
-def grpo_step(lm, prompts: Sequence[str], cfg: GRPOConfig, optimizer, reward_fn: RewardFn = default_reward, step: int = 0,
-              ref_model=None) -> dict:
+def grpo_step(lm: LM, prompts: Sequence[str], cfg: GRPOConfig, optimizer, reward_fn: RewardFn = default_reward,
+              step: int = 0, ref_model=None) -> dict:
     """Sample groups, score, normalise, one gradient step. Returns statistics of the step."""
     batch = sample_groups(lm, prompts, cfg, seed=cfg.seed * 100_003 + step * 101)
     rewards = torch.tensor([float(reward_fn(r.prompt, r.text)) for r in batch.rollouts])
@@ -225,7 +229,7 @@ class GRPOResult:
         return {"config": self.config.to_dict(), "final": self.final, "history": self.history}
 
 
-def train_grpo(lm, prompts: Sequence[str], cfg: GRPOConfig, steps: int, reward_fn: RewardFn = default_reward,
+def train_grpo(lm: LM, prompts: Sequence[str], cfg: GRPOConfig, steps: int, reward_fn: RewardFn = default_reward,
                optimizer=None, ref_model=None, on_step: Callable[[dict], None] | None = None,
                start_step: int = 0) -> GRPOResult:
     """`steps` GRPO steps cycling through `prompts` (cfg.prompts_per_step per step); progress via

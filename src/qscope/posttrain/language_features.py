@@ -11,11 +11,15 @@ Detecting languages in text (`code_switch_ratio`, `contains_language`, ...) is `
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 
 from ..errors import QScopeError
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 
 def script_token_ids(tokenizer, texts: Sequence[str]) -> list[int]:
@@ -48,7 +52,7 @@ class LanguageFeatures:
         return asdict(self)
 
 
-def monolinguality(lm, sae, texts_by_lang: Mapping[str, Sequence[str]], lang: str, top: int = 2,
+def monolinguality(lm: LM, sae: SAE, texts_by_lang: Mapping[str, Sequence[str]], lang: str, top: int = 2,
                    layer: int | None = None, max_length: int = 128, batch_size: int = 8, progress=None) -> LanguageFeatures:
     """Top-`top` features by nu = mean act on `lang` - mean over other languages of their mean act."""
     from ..features.search import collect_stats
@@ -69,7 +73,7 @@ def monolinguality(lm, sae, texts_by_lang: Mapping[str, Sequence[str]], lang: st
 
 
 @torch.no_grad()
-def estimate_alphas(lm, sae, features: Sequence[int], non_L_texts: Sequence[str], layer: int | None = None,
+def estimate_alphas(lm: LM, sae: SAE, features: Sequence[int], non_L_texts: Sequence[str], layer: int | None = None,
                     max_length: int = 128, batch_size: int = 8) -> torch.Tensor:
     """Mean pre-activation of each feature over the tokens of `non_L_texts` (position 0 excluded)."""
     layer = lm.check_sae(sae, layer)
@@ -142,7 +146,7 @@ class LanguageFeatureSet:
         return cls(lang, layers, alphas, int(d.get("n_alpha_texts", 0)))
 
 
-def choose_language_features(lm, saes: Mapping[int, object], selection: Mapping[str, Sequence[str]], lang: str,
+def choose_language_features(lm: LM, saes: Mapping[int, SAE], selection: Mapping[str, Sequence[str]], lang: str,
                              top: int = 2, max_length: int = 64) -> LanguageFeatureSet:
     """SASFT's feature set, chosen on a selection split (`selection_split`), never on evaluation text.
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from ..errors import QScopeError
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 _TOKEN = re.compile(r"[\u3400-\u9fff]|[^\W_]+|[^\w\s]", re.UNICODE)
 
@@ -109,7 +113,7 @@ class RepetitionFeatures:
 
 
 @torch.no_grad()
-def repetition_features(lm, sae, texts: Sequence[str], layer: int | None = None, top: int = 20, ngram: int = 2,
+def repetition_features(lm: LM, sae: SAE, texts: Sequence[str], layer: int | None = None, top: int = 20, ngram: int = 2,
                         max_length: int = 128, batch_size: int = 8, progress=None) -> RepetitionFeatures:
     """Features ranked by mean activation at repeats minus mean at first occurrences."""
     layer = lm.check_sae(sae, layer)
@@ -158,7 +162,8 @@ class CausalCheck:
         return asdict(self)
 
 
-def causal_check(lm, sae, features: Sequence[int], prompts: Sequence[str], strengths: Sequence[float] = (-8.0, 0.0, 8.0),
+def causal_check(lm: LM, sae: SAE, features: Sequence[int], prompts: Sequence[str],
+                 strengths: Sequence[float] = (-8.0, 0.0, 8.0),
                  max_new_tokens: int = 48, seed: int = 0, n: int = 3, batch_size: int = 32, do_sample: bool = True,
                  progress=None) -> CausalCheck:
     """Mean repetition ratio of generations with each strength added to all `features`

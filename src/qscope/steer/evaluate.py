@@ -176,7 +176,7 @@ def nll_and_count(logps: Sequence[torch.Tensor], continuations: Sequence[str], t
     return sum(n for n, _ in items), sum(c for _, c in items)
 
 
-def perplexity_with_interval(lm, contexts: Sequence[str], continuations: Sequence[str],
+def perplexity_with_interval(lm: LM, contexts: Sequence[str], continuations: Sequence[str],
                              batch_size: int = 8) -> tuple[float, tuple[float, float]]:
     """exp(mean NLL per token) of `continuations` after `contexts` under the model as is (no
     steering), with a 95% bootstrap interval over the continuations; nan if all are empty."""
@@ -192,7 +192,7 @@ def perplexity_with_interval(lm, contexts: Sequence[str], continuations: Sequenc
     return math.exp(total / count), (math.exp(lo), math.exp(hi))
 
 
-def perplexity(lm, contexts: Sequence[str], continuations: Sequence[str], batch_size: int = 8) -> float:
+def perplexity(lm: LM, contexts: Sequence[str], continuations: Sequence[str], batch_size: int = 8) -> float:
     """exp(mean NLL per token) of `continuations` after `contexts` under the model as is
     (no steering); nan if every continuation is empty."""
     return perplexity_with_interval(lm, contexts, continuations, batch_size)[0]
@@ -240,7 +240,7 @@ def _key(label: str, prompts: Sequence[str], max_new_tokens: int, steer_desc) ->
     return f"{label}:{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
 
 
-def _generate(lm, prompts, steer, max_new_tokens, batch_size, cache, key, progress) -> list[str]:
+def _generate(lm: LM, prompts, steer, max_new_tokens, batch_size, cache, key, progress) -> list[str]:
     if cache is not None and key in cache:
         if progress:
             progress(len(prompts))

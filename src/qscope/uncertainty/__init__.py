@@ -8,7 +8,7 @@ on SAE codes, each with AUROC, a paired bootstrap CI and its difference to max-p
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -30,6 +30,10 @@ from .report import (
 )
 from .scores import logit_scores, rivalry, rivalry_scores, trace_features, trace_score
 
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
+
 __all__ = ["LabelConfig", "LabelledItem", "LabelledSet", "build_labelled_set", "analyse", "UncertaintyReport",
            "ScoreResult", "auroc", "bootstrap_aurocs", "ci", "selective_curve", "rivalry", "rivalry_scores",
            "logit_scores", "trace_features", "trace_score", "residual_probe", "sae_probe", "SAEProbe",
@@ -46,8 +50,8 @@ def label_method(data: LabelledSet) -> str:
     return LABEL_METHODS.get(key, key)
 
 
-def analyse(data: LabelledSet, saes: dict[int, object] | None = None, probe_layers: Sequence[int] | None = None,
-            lm=None, folds: int = 5, seed: int = 0, n_boot: int = 1000,
+def analyse(data: LabelledSet, saes: dict[int, SAE] | None = None, probe_layers: Sequence[int] | None = None,
+            lm: LM | None = None, folds: int = 5, seed: int = 0, n_boot: int = 1000,
             progress: Callable[[str], None] | None = None) -> UncertaintyReport:
     """Score `data` with every method. `saes` maps layer -> SAE (rivalry + SAE probe at each);
     `probe_layers` are the layers of the raw-residual probe (default: all); `lm` only names the

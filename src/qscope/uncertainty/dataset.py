@@ -20,7 +20,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from ..errors import QScopeError
 from ..io import ItemCache
 from ..model import hooks
 from ..paths import file_slug, home_dir
+
+if TYPE_CHECKING:
+    from ..model import LM
 
 MC_SCORING = ("letter", "cloze")
 
@@ -128,7 +131,8 @@ def _dist_stats(logits: torch.Tensor) -> dict[str, float]:
             "margin_logit": float(top.values[0] - top.values[1])}
 
 
-def _trace(lm, logits: list[torch.Tensor], tokens: torch.Tensor, stop_newline: bool) -> tuple[list[float], list[float]]:
+def _trace(lm: LM, logits: list[torch.Tensor], tokens: torch.Tensor, stop_newline: bool) -> tuple[list[float],
+           list[float]]:
     """p(chosen token) and entropy per generated token, up to EOS or the end of the first line."""
     ps, hs, text = [], [], ""
     eos = lm.tokenizer.eos_token_id
@@ -153,7 +157,7 @@ def question_prompt(item: BenchItem) -> str:
 
 
 @torch.no_grad()
-def label_cloze(lm, items: Sequence[BenchItem], cfg: LabelConfig) -> list[LabelledItem]:
+def label_cloze(lm: LM, items: Sequence[BenchItem], cfg: LabelConfig) -> list[LabelledItem]:
     """Multiple choice by the log-likelihood of each choice's text after the question (no letters
     shown): one right-padded forward over every (question + choice) of the batch, or over the
     questions alone when every choice is a single token. Decision: per-character log-likelihood
@@ -201,7 +205,7 @@ def label_cloze(lm, items: Sequence[BenchItem], cfg: LabelConfig) -> list[Labell
 
 
 @torch.no_grad()
-def label_batch(lm, items: Sequence[BenchItem], cfg: LabelConfig) -> list[LabelledItem]:
+def label_batch(lm: LM, items: Sequence[BenchItem], cfg: LabelConfig) -> list[LabelledItem]:
     """Run one batch (one kind) through the model; see the module docstring."""
     kind = items[0].kind
     if kind == "mc" and cfg.mc_scoring == "cloze":
@@ -245,12 +249,13 @@ def label_batch(lm, items: Sequence[BenchItem], cfg: LabelConfig) -> list[Labell
 
 
 # ---------------------------------------------------------------------------- cache
-def cache_path(lm, benchmark: str, cfg: LabelConfig, root: Path | None = None) -> Path:
+def cache_path(lm: LM, benchmark: str, cfg: LabelConfig, root: Path | None = None) -> Path:
     root = root or home_dir("uncertainty")
     return root / file_slug(lm.name) / f"{file_slug(benchmark)}-{cfg.key()}.jsonl"
 
 
-def build_labelled_set(lm, items: Sequence[BenchItem], config: LabelConfig | None = None, benchmark: str | None = None,
+def build_labelled_set(lm: LM, items: Sequence[BenchItem], config: LabelConfig | None = None,
+                       benchmark: str | None = None,
                        cache: bool | Path = True, progress: Callable[[int], None] | None = None) -> LabelledSet:
     """Label `items` (one kind) with `lm`; each finished item is appended to the cache at once."""
     cfg = config or LabelConfig()

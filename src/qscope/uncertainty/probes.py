@@ -8,12 +8,17 @@ features that carry the signal (positive weight = fires when the model is right)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
 
 from ..errors import QScopeError
 from .dataset import LabelledSet
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 RESID_CS = (0.001, 0.01, 0.1, 1.0)
 L1_CS = (0.03, 0.1, 0.3, 1.0, 3.0)
@@ -81,7 +86,7 @@ class SAEProbe:
     features: list[SignalFeature]
 
 
-def code_matrix(data: LabelledSet, sae, layer: int) -> sparse.csr_matrix:
+def code_matrix(data: LabelledSet, sae: SAE, layer: int) -> sparse.csr_matrix:
     """(n_items, d_sae) sparse SAE codes at the last prompt token."""
     from .scores import sae_codes
 
@@ -93,7 +98,8 @@ def code_matrix(data: LabelledSet, sae, layer: int) -> sparse.csr_matrix:
     return mat
 
 
-def sae_probe(data: LabelledSet, sae, layer: int, folds: int = 5, seed: int = 0, top: int = 10, lm=None) -> SAEProbe:
+def sae_probe(data: LabelledSet, sae: SAE, layer: int, folds: int = 5, seed: int = 0, top: int = 10,
+              lm: LM | None = None) -> SAEProbe:
     """Sparse L1 logistic regression on SAE codes: out-of-fold scores, then a refit on all items
     whose strongest weights are reported (with promoted tokens when `lm` is given)."""
     from sklearn.linear_model import LogisticRegression

@@ -11,11 +11,16 @@ cross-validated logistic regression.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ..errors import QScopeError
 from .dataset import LabelledSet
+
+if TYPE_CHECKING:
+    from ..sae import SAE
 
 TOP = 50
 PERCENTILE = 5.0
@@ -77,7 +82,8 @@ def rivalry(values: torch.Tensor, indices: torch.Tensor, w_dec: torch.Tensor, to
 
 
 @torch.no_grad()
-def rivalry_scores(data: LabelledSet, sae, layer: int, top: int = TOP, q: float = PERCENTILE) -> dict[str, np.ndarray]:
+def rivalry_scores(data: LabelledSet, sae: SAE, layer: int, top: int = TOP, q: float = PERCENTILE) -> dict[str,
+                   np.ndarray]:
     """Confidence = -rivalry (paper) and -weighted rivalry, per item, at the last prompt token."""
     if sae.cfg.d_model != data.items[0].resid.shape[-1]:
         raise QScopeError(f"SAE d_model={sae.cfg.d_model} does not match the residuals ({data.items[0].resid.shape[-1]})")
@@ -88,7 +94,7 @@ def rivalry_scores(data: LabelledSet, sae, layer: int, top: int = TOP, q: float 
 
 
 @torch.no_grad()
-def sae_codes(data: LabelledSet, sae, layer: int, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sae_codes(data: LabelledSet, sae: SAE, layer: int, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices), each (n_items, k): the SAE's strongest features at the last prompt token."""
     x = torch.from_numpy(data.resid(layer)).to(sae.W_enc.device)
     k = k if sae.cfg.activation != "topk" else (sae.cfg.k if k is None else min(k, sae.cfg.k))

@@ -18,7 +18,7 @@ over x not in L), never tokens the cross-entropy teaches to be L - the two terms
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ from torch import nn
 
 from ...errors import QScopeError
 from ...model import hooks
+
+if TYPE_CHECKING:
+    from ...sae import SAE
 
 
 def _decoder_layers(lm_or_model) -> nn.ModuleList:
@@ -44,7 +47,7 @@ class SASFTPenalty:
     through the residual `h`, never into the SAEs.
     """
 
-    def __init__(self, lm_or_model, saes: Mapping[int, nn.Module], features: Mapping[int, Sequence[int]],
+    def __init__(self, lm_or_model, saes: Mapping[int, SAE], features: Mapping[int, Sequence[int]],
                  alphas: Mapping[int, torch.Tensor | float | Sequence[float]], lam: float = 1e-3):
         self.layers = _decoder_layers(lm_or_model)
         if not saes:

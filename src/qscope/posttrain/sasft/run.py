@@ -11,13 +11,17 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import torch
 
 from ...errors import QScopeError
 from .data import ExampleLike, build_sft_batch, resolve_examples
 from .penalty import SASFTPenalty, model_inputs, penalty_mask, unlikelihood_loss
+
+if TYPE_CHECKING:
+    from ...model import LM
+    from ...sae import SAE
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
 
@@ -125,7 +129,7 @@ def sft_step(model, batch: Mapping[str, torch.Tensor], optimizer, penalty: SASFT
             "l_reduce": float(l_reduce.detach()), "unlikelihood": float(ul.detach()), "penalised_tokens": int(mask.sum())}
 
 
-def run_sasft(lm, saes: Mapping[int, object], data: Sequence[ExampleLike], config: SASFTConfig,
+def run_sasft(lm: LM, saes: Mapping[int, SAE], data: Sequence[ExampleLike], config: SASFTConfig,
               on_step: Callable[[dict], None] | None = None) -> SASFTResult:
     """Fine-tune `lm` in place (LoRA adapters unless `config.lora_rank` is 0) for `config.steps`
     steps of `config.batch` examples drawn without replacement within a step (seeded).
