@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich.table import Table
@@ -11,6 +11,11 @@ from rich.table import Table
 from ..errors import QScopeError
 from ..parse import int_list
 from .common import DeviceOpt, JsonOpt, ModelOpt, SaeOpt, console, emit_json, load_models, progress_bar, read_texts
+
+if TYPE_CHECKING:
+    from ..datatools.cache import CodeCache
+    from ..model import LM
+    from ..sae import SAE
 
 app = typer.Typer(help="Classify texts with SAE features (top-K OR rule, no trained head).", no_args_is_help=True)
 
@@ -43,7 +48,8 @@ def _task(name: str | None, pos: str | None, neg: str | None, n_discovery: int, 
     return from_texts(Path(pos).stem, read_texts(pos, limit), read_texts(neg, limit), n_discovery, n_test, seed)
 
 
-def _cache(lm, saes, cache_dir: str | None, max_length: int, keep_residuals: bool = False):
+def _cache(lm: LM, saes: dict[int, SAE], cache_dir: str | None, max_length: int,
+           keep_residuals: bool = False) -> CodeCache:
     from ..datatools.cache import CodeCache, ResidualStore
 
     store = ResidualStore(lm, sorted(saes), None, max_length) if keep_residuals else None

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from ..model import Loaded
 
 # Everything human-facing goes to stderr so that `--json` output on stdout stays clean.
 console = Console(stderr=True)
@@ -59,7 +62,8 @@ def progress_bar(label: str = "{task.description}"):
                     console=console, transient=True)
 
 
-def load_models(model: str | None, sae: str | None, layers, device: str | None = None, dtype: str | None = None):
+def load_models(model: str | None, sae: str | None, layers, device: str | None = None,
+                dtype: str | None = None) -> Loaded:
     """`qscope.load` (the model and its SAEs, each on its layer's device) behind a spinner on stderr."""
     from ..model import load
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from ..errors import QScopeError
 from ..parse import int_list
 from .common import DeviceOpt, DtypeOpt, ModelOpt, SaeOpt, console
+
+if TYPE_CHECKING:
+    from ..features.store import FeatureStore
+    from ..model import LM
+    from ..sae import SAE
 
 
 def register(root: typer.Typer) -> None:
@@ -25,7 +30,8 @@ def parse_layers(spec: str | None) -> list[int] | None:
     return layers
 
 
-def load_served(model: str, sae: str, layers: list[int] | None, store_files: list[str], device=None, dtype=None):
+def load_served(model: str, sae: str, layers: list[int] | None, store_files: list[str], device=None,
+                dtype=None) -> tuple[LM, dict[int, SAE], dict[int, FeatureStore | None]]:
     """Model, {layer: SAE} and {layer: FeatureStore | None}; stores default to
     QSCOPE_HOME/stores/<model>-<sae>-layer<L>.sqlite where such a file exists."""
     from ..features.store import FeatureStore, default_store_path

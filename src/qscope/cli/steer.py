@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -21,6 +22,10 @@ from .common import (
     progress_bar,
     read_texts,
 )
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 app = typer.Typer(help="Steer generation with SAE features.", no_args_is_help=True)
 
@@ -246,8 +251,8 @@ def _fmt_ci(value, ci) -> str:
     return _fmt(value) if value is None or not ci else f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
-def _compare(lm, sae, features, names, strengths, prompts, detector, second, baselines, pos_texts, neg_texts, seed,
-             positions, layer, max_new_tokens, batch_size):
+def _compare(lm: LM, sae: SAE, features, names, strengths, prompts, detector, second, baselines, pos_texts, neg_texts,
+             seed, positions, layer, max_new_tokens, batch_size):
     """Build the methods (matched edit norms) and run them all on the same prompts."""
     from ..features.search import collect_stats
     from ..steer.compare import compare_methods

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
@@ -23,6 +23,10 @@ from .common import (
     read_texts,
 )
 
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
+
 app = typer.Typer(
     help="Feature-driven data synthesis: coverage of target features, generate for the gaps.", no_args_is_help=True
 )
@@ -33,7 +37,7 @@ def register(root: typer.Typer) -> None:
 
 
 def _targets(
-    lm, sae, targets: str | None, contrast_pos: str | None, contrast_neg: str | None, n: int, limit: int
+    lm: LM, sae: SAE, targets: str | None, contrast_pos: str | None, contrast_neg: str | None, n: int, limit: int
 ) -> list[int]:
     from ..datatools.synth import targets_from_contrast
 

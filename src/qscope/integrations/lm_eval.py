@@ -28,8 +28,12 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from ..errors import QScopeError
+
+if TYPE_CHECKING:
+    from ..model import LM
 
 MODEL_NAME = "qscope"
 _EDIT = re.compile(r"^(\d+):([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?:@(\d+))?$")
@@ -47,7 +51,8 @@ def parse_steer(spec: str) -> list[tuple[int, float, int | None]]:
     return edits
 
 
-def build_steering(lm, sae: str, spec: str, mode: str = "add", relative: bool = False, positions: str = "all") -> list:
+def build_steering(lm: LM, sae: str, spec: str, mode: str = "add", relative: bool = False,
+                   positions: str = "all") -> list:
     """One `Steering` per layer named in `spec`, each with the SAE of its layer."""
     from ..sae import SAE
     from ..steer import FeatureEdit, Steering

@@ -9,6 +9,8 @@ stores are chosen at start-up. Requests another site could make are refused firs
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
@@ -23,12 +25,16 @@ from .routes import ROUTERS
 from .routes.pages import STATIC
 from .served import Served
 
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
+
 NOT_FOUND_PAGE = ("<!doctype html><meta charset=utf-8><title>Not found · qscope</title><link rel=icon "
                   "href=/static/favicon.svg><body style='font-family:system-ui;margin:2em'><h2>Page not found</h2>"
                   "<p>qscope has no page at this address. <a href='/'>Go to the feature browser</a>.</p>")
 
 
-def create_app(lm, saes: dict, stores: dict | None = None, allowed_hosts: list[str] | None = None,
+def create_app(lm: LM, saes: dict[int, SAE], stores: dict | None = None, allowed_hosts: list[str] | None = None,
                judge=None) -> FastAPI:
     """App serving `lm` with one SAE per layer (`saes`) and optional feature stores per layer
     (`stores`: FeatureStore, a store path chosen by the operator, or None). `allowed_hosts`: the

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from ..features.labels import AUTO, auto_label
 
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
+
 
 class Labeller:
-    def __init__(self, lm, saes: dict, stores, gate):
+    def __init__(self, lm: LM, saes: dict[int, SAE], stores, gate) -> None:
         self.lm, self.saes, self.stores, self.gate = lm, saes, stores, gate
         self.effect_labels: dict[int, dict[int, str]] = {layer: {} for layer in saes}
         self.lock = threading.Lock()

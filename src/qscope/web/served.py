@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from fastapi import HTTPException, Request
@@ -18,6 +19,10 @@ from fastapi import HTTPException, Request
 from ..errors import QScopeError
 from . import schemas as S
 from .labelling import Labeller
+
+if TYPE_CHECKING:
+    from ..model import LM
+    from ..sae import SAE
 
 
 class Cancelled(Exception):
@@ -67,15 +72,15 @@ class Served:
     """The served model, SAEs by layer, stores, model lock and labeller, with the checks of
     request values that depend on them (which layers, how many features)."""
 
-    lm: object
-    saes: dict
+    lm: LM
+    saes: dict[int, SAE]
     stores: Stores
     gate: Gate
     labeller: Labeller
     judge: object = None  # scores explanations by detection (`features.detection`); None: no LLM configured
 
     @classmethod
-    def create(cls, lm, saes: dict, stores: dict | None, judge=None) -> "Served":
+    def create(cls, lm: LM, saes: dict[int, SAE], stores: dict | None, judge=None) -> "Served":
         """Check that every SAE fits `lm` and every store its layer's SAE (at start-up, not per request)."""
         if not saes:
             raise QScopeError("serve at least one SAE")
