@@ -149,7 +149,7 @@ def test_killed_build_resumes_identically(lm, sae, store, tmp_path):
     sae.save(weights)
     script = f"""
 import os, signal, sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[1])]!r}
 from qscope import SAE
 from qscope.features.store import build_store
 from test_store import LABELS, SETTINGS
