@@ -258,7 +258,7 @@ def main() -> None:
     if real and not args.skip_extras:
         print("5. CUDA tests and train_speed", file=sys.stderr)
         env = {**os.environ, "PYTHONPATH": str(ROOT.parent / "src")}
-        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_train.py", "-k", "cuda"],
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/train/test_train.py", "-k", "cuda"],
                                cwd=ROOT.parent, capture_output=True, text=True, env=env)
         extras["cuda_tests"] = {"rc": tests.returncode, "tail": tests.stdout[-1500:]}
         speed = subprocess.run([sys.executable, str(ROOT / "train_speed.py"), "--device", "cuda", "--synthetic",

@@ -15,17 +15,16 @@ from qscope.errors import QScopeError  # noqa: E402
 from qscope.integrations.lm_eval import QScopeLM, parse_steer  # noqa: E402
 from qscope.model import hooks  # noqa: E402
 from qscope.steer import Steering  # noqa: E402
-from tiny import tiny_lm  # noqa: E402
 
 LAYER, FEATURE, STRENGTH = 2, 5, 6.0
 STEER = f"{FEATURE}:{STRENGTH}@{LAYER}"
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_lm_copy):
     """A tiny model folder and an SAE folder for its layer 2."""
     root = tmp_path_factory.mktemp("lmeval")
-    lm = tiny_lm("llama", seed=3)
+    lm = tiny_lm_copy("llama", seed=3)
     lm.model.save_pretrained(root / "model")
     lm.tokenizer.save_pretrained(root / "model")
     SAE.random(SAEConfig(d_model=lm.d_model, d_sae=48, k=4, layer=LAYER), seed=2).save(root / "sae")

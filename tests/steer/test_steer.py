@@ -6,14 +6,13 @@ import torch
 from qscope import SAE, SAEConfig
 from qscope.errors import QScopeError
 from qscope.steer import FeatureEdit, Steering
-from tiny import tiny_lm
 
 PROMPTS = ["The cat sat on", "def add(a, b):"]
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_lm("qwen3", seed=1)
+def lm(tiny_lm_copy):
+    return tiny_lm_copy("qwen3", seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,14 @@ from __future__ import annotations
 import torch
 
 from qscope.model import hooks
-from tests.tiny import tiny_lm
 
 
 def _enc(lm):
     return lm.tokenize(["The cat sat on the mat.", "Hello"], max_length=None, padding_side="left")
 
 
-def test_keep_graph_gives_gradients_and_default_detaches():
-    lm = tiny_lm()
+def test_keep_graph_gives_gradients_and_default_detaches(tiny_lm_copy):
+    lm = tiny_lm_copy()
     enc = _enc(lm)
     with hooks.record(lm.layers, [1, 2], stop=False, keep_graph=True) as kept:
         lm.model(**enc)
@@ -33,8 +32,8 @@ def test_keep_graph_gives_gradients_and_default_detaches():
     assert not plain[1].requires_grad and torch.allclose(plain[1], kept[1].detach())
 
 
-def test_first_call_only_and_positions_record_the_prefill():
-    lm = tiny_lm()
+def test_first_call_only_and_positions_record_the_prefill(tiny_lm_copy):
+    lm = tiny_lm_copy()
     enc = _enc(lm)
     with torch.no_grad():
         full = lm.run_to_layers(enc["input_ids"], enc["attention_mask"], [0, 3])

@@ -9,12 +9,11 @@ from qscope.features.active import encode_text
 from qscope.features.codes import iter_text_codes
 from qscope.features.logits import token_effects
 from qscope.features.search import contrast, features_for_tokens
-from tiny import tiny_lm
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_lm("llama", seed=2)
+def lm(tiny_lm_copy):
+    return tiny_lm_copy("llama", seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import typer
 
 from qscope import provenance
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 MANIFEST = DOCS / "artifacts.json"
 SHELL_BREAKS = {"&&", "||", ";", "|", ">", ">>", "2>"}

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from tiny import tiny_lm
 
 from qscope import SAE, SAEConfig
 from qscope.errors import QScopeError
@@ -27,8 +26,8 @@ PROMPTS = ["The cat sat on", "Paris is the", "def add(a, b):"]
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_lm("qwen3", seed=1)
+def lm(tiny_lm_copy):
+    return tiny_lm_copy("qwen3", seed=1)
 
 
 @pytest.fixture(scope="module")

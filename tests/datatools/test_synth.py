@@ -21,7 +21,6 @@ from qscope.datatools.synth import (
 )
 from qscope.errors import QScopeError
 from test_classify import NEG, POS, planted_sae
-from tiny import tiny_lm
 
 
 def test_coverage_arithmetic():
@@ -38,8 +37,8 @@ def test_coverage_arithmetic():
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_lm("llama", seed=0)
+def lm(tiny_lm_copy):
+    return tiny_lm_copy("llama", seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny import SENTENCES, tiny_lm
+from tiny import SENTENCES
 
 from qscope import SAE, SAEConfig
 from qscope.compare.groups import compare_groups, focus_matches, write_group_report
@@ -43,8 +43,8 @@ def test_focus_features_follow_a_permutation_and_not_a_random_sae():
     assert [r[0] for r in group.summary_rows()] == ["1", "2", "3"] and group.focus_survival(1, "function") is None
 
 
-def test_focus_with_activations_and_report(tmp_path):
-    lm = tiny_lm()
+def test_focus_with_activations_and_report(tmp_path, tiny_lm_copy):
+    lm = tiny_lm_copy()
     a = _sae(1, 1, d_model=lm.d_model)
     group = compare_groups({1: a}, {1: a}, lm, SENTENCES, focus={1: [3]}, examples=0, max_tokens=200, min_fires=1)
     (m,) = group.focus[1]

@@ -9,7 +9,7 @@ import pytest
 from qscope import SAE, SAEConfig
 from qscope.features.labels import AUTO, auto_label, context_kind
 from qscope.features.store import FeatureStore, build_store
-from tiny import SENTENCES, tiny_lm
+from tiny import SENTENCES
 
 FRENCH = "Le chat est sur la table et il dort avec le chien de la maison."
 
@@ -24,8 +24,8 @@ def test_auto_label_names_tokens_language_and_code():
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    lm = tiny_lm("llama", seed=3)
+def built(tmp_path_factory, tiny_lm_copy):
+    lm = tiny_lm_copy("llama", seed=3)
     sae = SAE.random(SAEConfig(d_model=lm.d_model, d_sae=64, k=6, layer=2), seed=1)
     texts = [("brown", t) for t in SENTENCES] + [("multilingual", FRENCH)] * 3
     path = tmp_path_factory.mktemp("labels") / "s.sqlite"

@@ -17,7 +17,7 @@ from qscope.errors import QScopeError
 from qscope.features.explain import ask_llm, example_text, explain_feature
 from qscope.features.store import FeatureStore, build_store
 from qscope.features.store.layout import HIST_EDGES
-from tiny import SENTENCES, tiny_lm
+from tiny import SENTENCES
 
 LAYER, D_SAE, TOP_N = 2, 96, 5
 TEXTS = [" ".join(SENTENCES[(j * 3 + i) % 8] for i in range(1 + j % 4)) for j in range(30)]
@@ -26,8 +26,8 @@ SETTINGS = dict(top_n=TOP_N, batch_size=4, checkpoint_every=8, max_length=64)
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_lm("llama", seed=2)
+def lm(tiny_lm_copy):
+    return tiny_lm_copy("llama", seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_killed_build_resumes_identically(lm, sae, store, tmp_path):
     sae.save(weights)
     script = f"""
 import os, signal, sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[1])]!r}
 from qscope import SAE
 from qscope.features.store import build_store
 from test_store import LABELS, SETTINGS

@@ -12,7 +12,7 @@ from qscope import SAE, SAEConfig
 from qscope.errors import QScopeError
 from qscope.features.neuronpedia import NeuronpediaTarget, default_model_id, export_neuronpedia
 from qscope.features.store import FeatureStore, build_store
-from tiny import SENTENCES, tiny_lm
+from tiny import SENTENCES
 
 LAYER = 2
 TEXTS = [("code" if j % 3 == 0 else "prose", " ".join(SENTENCES[(j * 3 + i) % 8] for i in range(1 + j % 4)))
@@ -128,8 +128,8 @@ def read_export(folder: Path) -> dict[str, list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_lm("llama", seed=2)
+def lm(tiny_lm_copy):
+    return tiny_lm_copy("llama", seed=2)
 
 
 @pytest.fixture(scope="module")

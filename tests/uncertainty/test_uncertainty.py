@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_lm
 
 from qscope import SAE, SAEConfig
 from qscope.data.benchmarks import mc_item
@@ -116,8 +115,8 @@ def test_trace_features_shape_and_slope():
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_lm("llama", seed=1)
+def lm(tiny_lm_copy):
+    return tiny_lm_copy("llama", seed=1)
 
 
 def test_labelled_set_caches_and_resumes(lm, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from qscope.posttrain import grpo, language_features, repetition
 from qscope.posttrain.sasft import (SASFTConfig, SASFTPenalty, SASFTTrainer, SFTExample, build_sft_batch, model_inputs,
                                    penalty_mask, resolve_examples, response_mask, run_sasft, sft_step, unlikelihood_loss)
 from qscope.sae import SAE, SAEConfig
-from tests.tiny import SENTENCES, tiny_lm
+from tiny import SENTENCES, tiny_lm
 
 try:
     import peft  # noqa: F401

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import typer
-from tiny import SENTENCES, tiny_lm
+from tiny import SENTENCES
 from typer.testing import CliRunner
 
 from qscope import SAE, SAEConfig
@@ -40,8 +40,8 @@ def test_identical_saes_share_everything():
     assert (r.arrays["dec_partner"] == np.arange(128)).all()
 
 
-def test_permuted_copy_is_matched_back_exactly():
-    lm = tiny_lm("llama", seed=1)
+def test_permuted_copy_is_matched_back_exactly(tiny_lm_copy):
+    lm = tiny_lm_copy("llama", seed=1)
     a = SAE.random(_cfg(d_model=lm.d_model, d_sae=64, k=4), seed=1)
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
     b = _permuted(a, perm)

@@ -25,7 +25,6 @@ from qscope.datatools.classify import (
 from qscope.datatools.labelled import from_texts, split_binary
 from qscope.datatools.scale import classify_stream
 from qscope.errors import QScopeError
-from tiny import tiny_lm
 
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
 
@@ -108,8 +107,8 @@ NEG = ["The dog sat on the mat.", "A dog ran in the park.", "Hello world, this i
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_lm("llama", seed=0)
+def lm(tiny_lm_copy):
+    return tiny_lm_copy("llama", seed=0)
 
 
 def planted_sae(lm, layer, feature=5, token=" c"):

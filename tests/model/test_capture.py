@@ -11,8 +11,8 @@ TEXTS = ["The cat sat on the mat.", "Hello", "def add(a, b): return a + b"]
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_capture_matches_hidden_states(arch):
-    lm = tiny_lm(arch)
+def test_capture_matches_hidden_states(arch, tiny_lm_copy):
+    lm = tiny_lm_copy(arch)
     cap = lm.capture(TEXTS, layers=[0, 2], batch_size=2)
     enc = lm.tokenize(TEXTS)
     with torch.no_grad():
@@ -24,8 +24,8 @@ def test_capture_matches_hidden_states(arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3_5_vl"])
-def test_capture_stops_after_last_layer(arch):
-    lm = tiny_lm(arch)
+def test_capture_stops_after_last_layer(arch, tiny_lm_copy):
+    lm = tiny_lm_copy(arch)
     calls = []
     handle = lm.layers[-1].register_forward_hook(lambda *a: calls.append(1))
     lm.capture(TEXTS, layers=[1])
@@ -33,8 +33,8 @@ def test_capture_stops_after_last_layer(arch):
     assert calls == []  # the last block never ran
 
 
-def test_padding_is_masked_and_reported():
-    lm = tiny_lm()
+def test_padding_is_masked_and_reported(tiny_lm_copy):
+    lm = tiny_lm_copy()
     cap = lm.capture(TEXTS, layers=[1])
     lengths = cap.mask.sum(1)
     assert cap.n_pad == int(cap.mask.numel() - lengths.sum())
@@ -46,8 +46,8 @@ def test_padding_is_masked_and_reported():
     assert torch.allclose(cap.acts[1][1, : lengths[1]], alone.acts[1][0], atol=1e-5)
 
 
-def test_token_strings_keep_multibyte_characters_whole():
-    lm = tiny_lm()
+def test_token_strings_keep_multibyte_characters_whole(tiny_lm_copy):
+    lm = tiny_lm_copy()
     text = "The 猫 sat on the mat, café."
     ids = lm.tokenize([text])["input_ids"][0]
     single = [lm.tokenizer.decode([int(t)]) for t in ids]
@@ -60,8 +60,8 @@ def test_token_strings_keep_multibyte_characters_whole():
     assert cut[-1] == "\ufffd" and "".join(cut) == text[:-2] + "\ufffd"
 
 
-def test_edit_hook_changes_forward_and_is_removed():
-    lm = tiny_lm()
+def test_edit_hook_changes_forward_and_is_removed(tiny_lm_copy):
+    lm = tiny_lm_copy()
     enc = lm.tokenize(TEXTS[:1])
     with torch.no_grad():
         clean = lm.model(**enc).logits

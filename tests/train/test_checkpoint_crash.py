@@ -5,7 +5,7 @@ The swap (qscope.io.atomic_dir) writes `.checkpoint.*.tmp/`, renames `checkpoint
 `.checkpoint.old/`, renames the temp folder to `checkpoint/`, then deletes `.checkpoint.old/`.
 A kill is simulated in-process: at the chosen point an exception no handler catches is raised and
 from then on nothing is deleted, so the files stay exactly as a SIGKILL would leave them
-(tests/test_train_resume.py kills a real process with SIGKILL).
+(tests/train/test_train_resume.py kills a real process with SIGKILL).
 """
 
 from __future__ import annotations

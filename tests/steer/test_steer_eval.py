@@ -23,8 +23,8 @@ NEUTRAL = ["Hello world", "A dog ran"]
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_lm("qwen3", seed=1)
+def lm(tiny_lm_copy):
+    return tiny_lm_copy("qwen3", seed=1)
 
 
 @pytest.fixture(scope="module")
