@@ -151,17 +151,19 @@ def run_core(model, layer: int, kind: str, args) -> dict:
     """SAEBench core metrics (`multiple_evals`) on qscope's held-out texts."""
     from datasets import Dataset
     from sae_bench.evals.core import main as core
+    from sae_lens.training.activations_store import ActivationsStore
 
     from qscope.data import held_out_texts
 
     core.HookedTransformer = GivenModel(model)
     texts = held_out_texts(args.core_texts)
-    core.ActivationsStore = GivenTexts(core.ActivationsStore, Dataset.from_dict({"text": texts}))
+    core.ActivationsStore = GivenTexts(ActivationsStore, Dataset.from_dict({"text": texts}))
     with tempfile.TemporaryDirectory() as tmp:
         results = core.multiple_evals(
             selected_saes=[(sae_name(layer, kind), saelens_sae(layer, kind))],
             n_eval_reconstruction_batches=args.core_batches, n_eval_sparsity_variance_batches=args.core_batches,
             eval_batch_size_prompts=args.batch_prompts, compute_featurewise_density_statistics=True,
+            compute_featurewise_weight_based_metrics=True,
             dataset=HELD_OUT, context_size=args.context, output_folder=tmp,
             dtype="float32", device="cpu", force_rerun=True)
     if not results:
@@ -369,6 +371,7 @@ def main() -> None:
     ap.add_argument("--benchmarks", default="arc_easy,mmlu,gsm8k,humaneval,truthfulqa,triviaqa")
     ap.add_argument("--footprint-items", type=int, default=50)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--force", action="store_true", help="rerun evals already in --out")
     args = ap.parse_args()
 
     evals = [e for e in args.evals.split(",") if e]
@@ -386,8 +389,12 @@ def main() -> None:
         for layer in layers:
             kinds = ["shipped"] + (["random"] if layer in random_layers and name != "footprints" else [])
             for kind in kinds:
+                key = f"{name}/{sae_name(layer, kind)}"
+                if key in result["runs"] and not args.force:
+                    print(f"== {key}: in {out_path} already (--force to rerun)", file=sys.stderr)
+                    continue
                 start = time.time()
-                print(f"== {name} {sae_name(layer, kind)}", file=sys.stderr, flush=True)
+                print(f"== {key}", file=sys.stderr, flush=True)
                 if name == "footprints":
                     entry = run_footprints(layer, args)
                 else:
@@ -399,7 +406,7 @@ def main() -> None:
                         model, layer, kind, args)
                 entry["seconds"] = round(time.time() - start, 1)
                 entry["args"] = {k: v for k, v in vars(args).items() if k not in ("out", "artifacts", "evals")}
-                result["runs"][f"{name}/{sae_name(layer, kind)}"] = entry
+                result["runs"][key] = entry
                 result["versions"] = _versions()
                 result["two_way"] = {str(l): view for l in (6, 15, 24)
                                      if (view := two_way_view(result["runs"], l)) is not None}
