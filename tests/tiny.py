@@ -64,3 +64,16 @@ def tiny_lm(arch: str = "llama", seed: int = 0):
     torch.manual_seed(seed)
     model = ARCHS[arch]().float().eval()
     return LM(model, tokenizer(), name=f"tiny-{arch}")
+
+
+def permuted_sae(sae, perm):
+    """A copy of `sae` whose feature i is the original's feature perm[i] (a known matching)."""
+    from qscope import SAE
+
+    out = SAE.random(sae.cfg, seed=99)
+    with torch.no_grad():
+        out.W_dec.copy_(sae.W_dec[perm])
+        out.W_enc.copy_(sae.W_enc[:, perm])
+        out.b_enc.copy_(sae.b_enc[perm])
+        out.b_dec.copy_(sae.b_dec)
+    return out

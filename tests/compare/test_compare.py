@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import typer
-from tiny import SENTENCES
+from tiny import SENTENCES, permuted_sae
 from typer.testing import CliRunner
 
 from qscope import SAE, SAEConfig
@@ -17,17 +17,6 @@ from qscope.errors import QScopeError
 
 def _cfg(d_model=64, d_sae=128, k=8, layer=2):
     return SAEConfig(d_model=d_model, d_sae=d_sae, k=k, layer=layer)
-
-
-def _permuted(sae, perm):
-    """A copy of `sae` whose feature i is the original's feature perm[i]."""
-    out = SAE.random(sae.cfg, seed=99)
-    with torch.no_grad():
-        out.W_dec.copy_(sae.W_dec[perm])
-        out.W_enc.copy_(sae.W_enc[:, perm])
-        out.b_enc.copy_(sae.b_enc[perm])
-        out.b_dec.copy_(sae.b_dec)
-    return out
 
 
 def test_identical_saes_share_everything():
@@ -44,7 +33,7 @@ def test_permuted_copy_is_matched_back_exactly(tiny_lm_copy):
     lm = tiny_lm_copy("llama", seed=1)
     a = SAE.random(_cfg(d_model=lm.d_model, d_sae=64, k=4), seed=1)
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
-    b = _permuted(a, perm)
+    b = permuted_sae(a, perm)
     r = compare_saes(a, b, lm, SENTENCES * 3, max_tokens=400, examples=3)
     inverse = perm.argsort().numpy()
     assert (r.arrays["dec_partner"] == inverse).all() and (r.arrays["enc_partner"] == inverse).all()
@@ -121,7 +110,7 @@ def test_cli_compares_across_formats(tmp_path):
     from qscope.cli.compare import register
 
     a = SAE.random(_cfg(d_sae=64), seed=5)
-    b = _permuted(a, torch.randperm(64))
+    b = permuted_sae(a, torch.randperm(64))
     a.save(tmp_path / "a")
     torch.save({"W_enc": b.W_enc.T.contiguous(), "W_dec": b.W_dec.T.contiguous(), "b_enc": b.b_enc.data,
                 "b_dec": b.b_dec.data}, tmp_path / "layer2.sae.pt")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny import SENTENCES
+from tiny import SENTENCES, permuted_sae
 
 from qscope import SAE, SAEConfig
 from qscope.compare.groups import compare_groups, focus_matches, write_group_report
@@ -16,20 +16,10 @@ def _sae(layer, seed, d_model=64, d_sae=96):
     return SAE.random(SAEConfig(d_model=d_model, d_sae=d_sae, k=8, layer=layer), seed=seed)
 
 
-def _permuted(sae, perm):
-    out = SAE.random(sae.cfg, seed=99)
-    with torch.no_grad():
-        out.W_dec.copy_(sae.W_dec[perm])
-        out.W_enc.copy_(sae.W_enc[:, perm])
-        out.b_enc.copy_(sae.b_enc[perm])
-        out.b_dec.copy_(sae.b_dec)
-    return out
-
-
 def test_focus_features_follow_a_permutation_and_not_a_random_sae():
     a1, a2 = _sae(1, 1), _sae(2, 2)
     perm = np.random.default_rng(0).permutation(96)
-    group = compare_groups({1: a1, 2: a2}, {1: _permuted(a1, perm), 2: _sae(2, 7), 3: _sae(3, 8)},
+    group = compare_groups({1: a1, 2: a2}, {1: permuted_sae(a1, perm), 2: _sae(2, 7), 3: _sae(3, 8)},
                            focus={1: [0, 5, 17], 2: [0, 5, 17]}, examples=0)
     assert group.layers == [1, 2, 3] and set(group.results) == {1, 2}
     assert "A" in group.missing[3]
