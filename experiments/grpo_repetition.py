@@ -17,7 +17,8 @@ held-out repetition, paired by seed. If random-guided does as well, "SAE-guided"
 "any perturbed negative rollout".
 
     .venv/bin/python experiments/grpo_repetition.py               # cached, resumable per variant
-    .venv/bin/python experiments/grpo_repetition.py --variants random_guided --docs-name grpo_random_control
+    .venv/bin/python experiments/grpo_repetition.py --variants random_guided --docs-name grpo_random_control \
+        --out experiments/runs/grpo      # per-seed results kept in the repo: reruns resume
 """
 
 from __future__ import annotations
