@@ -283,7 +283,7 @@ def probe_latents(layer: int, kind: str, names: list[str], artifacts: Path, k: i
     folder = next(artifacts.glob(f"**/blocks.{layer}.hook_resid_post"))
     out = {}
     for name in names:
-        acts = torch.load(folder / f"{name}_activations.pt".replace("/", "_"), weights_only=False)
+        acts = torch.load(folder / f"{name}_activations.pt".replace("/", "_"), weights_only=True)  # SAEBench saves dicts of tensors
         meaned = activation_collection.get_sae_meaned_activations(acts["train"], sae, 125)
         for cls in meaned:
             x, y = probe_training.prepare_probe_data(meaned, cls)
