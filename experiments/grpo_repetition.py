@@ -19,6 +19,7 @@ held-out repetition, paired by seed. If random-guided does as well, "SAE-guided"
     .venv/bin/python experiments/grpo_repetition.py               # cached, resumable per variant
     .venv/bin/python experiments/grpo_repetition.py --variants random_guided --docs-name grpo_random_control \
         --out experiments/runs/grpo      # per-seed results kept in the repo: reruns resume
+    .venv/bin/python experiments/grpo_repetition.py --compare   # the three variants side by side, paired tests
 """
 
 from __future__ import annotations
@@ -109,7 +110,11 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seeds", default="0,1,2,3,4", help="GRPO seeds (sampling and LoRA init); each is cached on its own")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="which of " + ", ".join(VARIANTS))
+    ap.add_argument("--compare", action="store_true",
+                    help="only read docs/posttrain/grpo_repetition.json + grpo_random_control.json and write grpo_comparison.json")
     args = ap.parse_args()
+    if args.compare:
+        return compare()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,6 +180,45 @@ def main():
     plot(runs, ROOT / f"docs/posttrain/{args.docs_name}.png", prov)
     print(json.dumps(summary["final_greedy_repetition"]), flush=True)
     print("total", f"{time.time() - t0:.0f}s")
+
+
+def compare(names=("grpo_repetition", "grpo_random_control")) -> dict:
+    """Vanilla, SAE-guided and random-guided from their published summaries, paired by seed: final
+    held-out repetition (primary: SAE-guided vs random-guided), KL over the last 5 steps, held-out
+    perplexity, and how repetitive the steered rollouts were (does the control give a negative at all?)."""
+    from scipy import stats
+
+    variants = {}
+    for name in names:
+        d = json.loads((ROOT / f"docs/posttrain/{name}.json").read_text())
+        for v, fin in d["final_greedy_repetition"].items():
+            curves = {sd: d["train_curves"][sd][v] for sd in sorted(d["train_curves"], key=int)}
+            variants[v] = {"source": f"docs/posttrain/{name}.json",
+                           "final_repetition": fin["per_seed"],
+                           "heldout_ppl_en": d["heldout_ppl_en"][v]["per_seed"],
+                           "kl_last5_steps": [statistics.mean(h["kl"] for h in c[-5:]) for c in curves.values()],
+                           "rollout_repetition_unsteered": [statistics.mean(h["repetition"] for h in c) for c in curves.values()],
+                           "rollout_repetition_steered": [statistics.mean(h["repetition_steered"] for h in c) for c in curves.values()]
+                           if v != "vanilla" else None}
+            variants[v]["base"] = {"heldout_ppl_en": d["base_heldout_ppl_en"], "greedy_repetition": d["base_greedy_repetition"]}
+    for v in variants.values():
+        for k in ("final_repetition", "heldout_ppl_en", "kl_last5_steps"):
+            x = v[k]
+            v[k] = {"per_seed": x, "mean": statistics.mean(x), "sd": statistics.stdev(x)}
+
+    def paired(a, b):
+        x, y = variants[a]["final_repetition"]["per_seed"], variants[b]["final_repetition"]["per_seed"]
+        return {"a": a, "b": b, "mean_diff": statistics.mean(i - j for i, j in zip(x, y)),
+                "a_lower_in_seeds": sum(i < j for i, j in zip(x, y)), "n_seeds": len(x),
+                "paired_t_p": float(stats.ttest_rel(x, y).pvalue), "wilcoxon_p": float(stats.wilcoxon(x, y).pvalue)}
+
+    out = {"primary": paired("sae_guided", "random_guided"),
+           "secondary": [paired("sae_guided", "vanilla"), paired("random_guided", "vanilla")],
+           "variants": variants}
+    prov = record(seeds={"runs": [0, 1, 2, 3, 4]})
+    write_json(ROOT / "docs/posttrain/grpo_comparison.json", out, provenance=prov)
+    print(json.dumps({k: out[k] for k in ("primary", "secondary")}, indent=1))
+    return out
 
 
 def plot(runs, path, prov=None):

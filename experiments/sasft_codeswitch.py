@@ -150,7 +150,7 @@ def switching_model(out: Path, data: dict, args) -> Path:
     return folder
 
 
-def language_features(out: Path, switcher: Path, data: dict, saes: dict) -> dict:
+def language_features(out: Path, switcher: Path, data: dict, saes: dict, top: int = 2) -> dict:
     """Stage 1: features + alphas on the selection half; activation check on the held-out half."""
     path = out / "features.json"
     if path.exists():
@@ -160,7 +160,7 @@ def language_features(out: Path, switcher: Path, data: dict, saes: dict) -> dict
     texts = {LANG: data["zh_select"], "en": data["en_select"], **{c: other[c] for c in ("fr", "de", "es", "ru", "ja", "ko")}}
     selection, held_out = selection_split(texts, fraction=0.5, seed=0)
     lm = load_model(str(switcher), dtype="float32")
-    chosen = choose_language_features(lm, saes, selection, LANG, top=2)
+    chosen = choose_language_features(lm, saes, selection, LANG, top=top)
     check = {}
     for layer, sae in saes.items():
         feats = chosen.features[layer]
@@ -257,6 +257,7 @@ def main():
     ap.add_argument("--arms", default="sft,sasft_1e-3,sasft_1e-2,unlikelihood")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds (LoRA init + batch order)")
     ap.add_argument("--layers", default="23,24", help="two adjacent late layers, as in the paper")
+    ap.add_argument("--top", type=int, default=2, help="features per layer (4 with one layer keeps the paper's 4 features)")
     ap.add_argument("--sae-path", action="append", default=[], help="LAYER=FOLDER for a layer without a shipped SAE")
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--batch", type=int, default=4)
@@ -289,7 +290,7 @@ def main():
     timings = {}
     switcher = switching_model(out, data, args)
     timings["switcher"] = time.time() - t0
-    feats_json = language_features(out, switcher, data, saes)
+    feats_json = language_features(out, switcher, data, saes, top=args.top)
     feats = LanguageFeatureSet.from_dict(feats_json)
     print("features", {k: (v["features"], [round(a, 2) for a in v["alphas"]]) for k, v in feats_json["layers"].items()}, flush=True)
     switch_prompts = probe_switch_prompts(out, switcher, data, args.tokens)
@@ -305,8 +306,8 @@ def main():
         lm = load_model(str(switcher), dtype="float32")
         cell, responses = evaluate_cell(lm, data, args)
         cells["switcher"] = {**cell, "seconds": round(time.time() - t1)}
-    for arm in arms:
-        for seed in seeds:
+    for seed in seeds:  # seed-major: an interrupted run leaves whole seeds (every arm) to compare
+        for arm in arms:
             key = f"{arm}/seed{seed}"
             if key in cells:
                 print("cached", key, cells[key]["code_switch_rate"], flush=True)
