@@ -7,6 +7,7 @@ import json
 import pytest
 import typer
 from test_classify import NEG, POS, lm, saes  # noqa: F401 - fixtures
+from tiny import json_round_trip, save_pair
 from typer.testing import CliRunner
 
 from qscope import load
@@ -18,20 +19,11 @@ from qscope.datatools.labelled import from_texts
 from qscope.datatools.scale import given
 
 
-def as_json(result) -> dict:
-    d = result.to_dict()
-    back = json.loads(json.dumps(d))
-    assert back == d  # nothing that JSON would change (tuples, int keys)
-    return back
-
 
 @pytest.fixture()
 def saved(lm, saes, tmp_path):  # noqa: F811
     """The planted layer-1 SAE and the model on disk (what the CLI reads), loaded back from there."""
-    model_dir, sae_dir = tmp_path / "model", tmp_path / "sae"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
-    saes[1].save(sae_dir)
+    model_dir, sae_dir = save_pair(lm, saes[1], tmp_path)
     (tmp_path / "pos.txt").write_text("\n\n".join(POS))
     (tmp_path / "neg.txt").write_text("\n\n".join(NEG))
     loaded = load(str(model_dir), str(sae_dir), device="cpu")
@@ -57,16 +49,16 @@ def test_classify_runs_match_the_cli(saved, tmp_path):
                                                         sae=str(sae_dir)))
     assert clf.features[0].feature == 5  # the planted feature
     clf_path = tmp_path / "clf.json"
-    assert as_json(clf) == cli("discover", *texts, *common, "--layers", "1", "-k", "2", "--out", str(clf_path))
+    assert json_round_trip(clf) == cli("discover", *texts, *common, "--layers", "1", "-k", "2", "--out", str(clf_path))
 
     labelled = run_classify(lm, saes, clf, ["My cat is here.", "A dog barks."])
     assert [t.label for t in labelled.labels] == [True, False]
-    assert as_json(labelled)["labels"] == cli("run", "-c", str(clf_path), *common, "My cat is here.", "A dog barks.")
+    assert json_round_trip(labelled)["labels"] == cli("run", "-c", str(clf_path), *common, "My cat is here.", "A dog barks.")
 
     task = from_texts("pos", POS, NEG, 2, 2, 0)
     evaluated = run_classify_eval(lm, saes, [task], ClassifyEvalConfig(ks=(1, 2), seeds=2))
     assert evaluated.reports[0].chosen_layer == 1
-    assert as_json(evaluated) == cli("eval", *texts, *common, "--layers", "1", "--ks", "1,2", "--n-discovery", "2",
+    assert json_round_trip(evaluated) == cli("eval", *texts, *common, "--layers", "1", "--ks", "1,2", "--n-discovery", "2",
                                      "--n-test", "2", "--seeds", "2", "--out", str(tmp_path / "eval"))
 
     corpus = run_corpus(functools.partial(given, lm, saes), clf, POS, tmp_path / "lib.jsonl", CorpusConfig())
@@ -74,7 +66,7 @@ def test_classify_runs_match_the_cli(saved, tmp_path):
                   str(tmp_path / "cli.jsonl"))
     assert corpus.positives == 4 and (tmp_path / "lib.jsonl").read_text() == (tmp_path / "cli.jsonl").read_text()
     timing = ("out", "seconds")  # where and how long: the only fields that differ
-    assert {k: v for k, v in as_json(corpus).items() if k not in timing} == {
+    assert {k: v for k, v in json_round_trip(corpus).items() if k not in timing} == {
         k: v for k, v in printed.items() if k not in timing}
 
 
@@ -86,10 +78,10 @@ def test_synth_runs_match_the_cli(saved, tmp_path):
 
     coverage = run_coverage(lm, sae, NEG, [5, 6])
     assert 5 in coverage.uncovered  # the planted feature fires on no negative text
-    assert as_json(coverage) == cli("coverage", "--texts", str(tmp_path / "neg.txt"), "--targets", "5,6", *common)
+    assert json_round_trip(coverage) == cli("coverage", "--texts", str(tmp_path / "neg.txt"), "--targets", "5,6", *common)
 
     result = run_synthesis(lm, sae, NEG, [5], SynthConfig(per_target=2, max_new_tokens=4), examples=POS)
     assert result.report.budget == 2 and len(result.random) == 2
-    assert as_json(result) == cli("generate", "--seed-texts", str(tmp_path / "neg.txt"), "--targets", "5",
+    assert json_round_trip(result) == cli("generate", "--seed-texts", str(tmp_path / "neg.txt"), "--targets", "5",
                                   "--examples", str(tmp_path / "pos.txt"), "--per-target", "2", "--max-new-tokens",
                                   "4", *common, "--out", str(tmp_path / "s.jsonl"))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import typer
 from test_evals import olmo_tree, tiny_pair  # noqa: F401 - fixtures
+from tiny import json_round_trip, save_pair
 from typer.testing import CliRunner
 
 from qscope import load
@@ -19,21 +20,12 @@ from qscope.evals import (AccuracyConfig, AccuracyResult, FootprintConfig, Overl
 from qscope.evals.report import write_result
 
 
-def as_json(result) -> dict:
-    d = result.to_dict()
-    back = json.loads(json.dumps(d))
-    assert back == d  # nothing that JSON would change (tuples, int keys)
-    return back
-
 
 @pytest.fixture()
 def saved(tiny_pair, tmp_path):
     """The tiny model and SAE on disk (what the CLI reads) and loaded back from there."""
     lm, sae = tiny_pair
-    model_dir, sae_dir = tmp_path / "model", tmp_path / "sae"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
-    sae.save(sae_dir)
+    model_dir, sae_dir = save_pair(lm, sae, tmp_path)
     loaded = load(str(model_dir), str(sae_dir), device="cpu")
     return model_dir, sae_dir, loaded.lm, loaded.sae
 
@@ -54,9 +46,9 @@ def test_run_entry_points_match_the_cli(olmo_tree, saved, tmp_path):  # noqa: F8
     out = tmp_path / "fp"
     printed = cli("footprint", *specs, *common, "--limit", "2", "--out", str(out))
     result = run_footprint(lm, [sae], items, FootprintConfig(), cache=False)
-    assert list(result.groups) == ["L1"] and as_json(result)["L1"] == printed
+    assert list(result.groups) == ["L1"] and json_round_trip(result)["L1"] == printed
     both = run_footprint(lm, {1: sae}, items, FootprintConfig(position="both"), cache=False)
-    assert as_json(both) == cli("footprint", *specs, *common, "--limit", "2", "--position", "both")
+    assert json_round_trip(both) == cli("footprint", *specs, *common, "--limit", "2", "--position", "both")
     assert [f.size for f in both.groups["L1"]] == [f.size for f in result.groups["L1"]]
 
     fps = load_footprints(out / "footprints.json")
@@ -71,19 +63,19 @@ def test_run_entry_points_match_the_cli(olmo_tree, saved, tmp_path):  # noqa: F8
     redundancy = run_redundancy(fps, RedundancyConfig(samples=20), acc)
     assert [p.benchmark for p in redundancy.performance_based] == ["arc_easy", "boolq"]
     assert redundancy.notes == ["mmlu: accuracy of 0 model(s); tau needs 2 or more"]
-    assert as_json(redundancy) == cli("redundancy", "-f", path, "--samples", "20", "--accuracy", str(tmp_path / "acc"))
-    assert as_json(run_redundancy(fps, RedundancyConfig(items=0, samples=10))) == cli(
+    assert json_round_trip(redundancy) == cli("redundancy", "-f", path, "--samples", "20", "--accuracy", str(tmp_path / "acc"))
+    assert json_round_trip(run_redundancy(fps, RedundancyConfig(items=0, samples=10))) == cli(
         "redundancy", "-f", path, "--items", "0", "--samples", "10")
 
     overlap = run_overlap(fps, OverlapConfig(pairs=(("arc_easy", "boolq"),)))
     assert overlap.pairs[0]["a"] == "arc_easy"
-    assert as_json(overlap) == cli("overlap", "-f", path, "--pair", "arc_easy,boolq")
+    assert json_round_trip(overlap) == cli("overlap", "-f", path, "--pair", "arc_easy,boolq")
     with pytest.raises(QScopeError, match="both must be among"):
         run_overlap(fps, OverlapConfig(pairs=(("arc_easy", "nope"),)))
 
     rank = run_rank(fps, RankConfig(("arc_easy",), ("boolq", "mmlu"), unique=3), lm, sae)
     assert {r.benchmark for r in rank.ranking} == {"boolq", "mmlu"}
-    assert as_json(rank) == cli("rank", "boolq", "mmlu", "--suite", "arc_easy", "-f", path, "--unique", "3", *common)
+    assert json_round_trip(rank) == cli("rank", "boolq", "mmlu", "--suite", "arc_easy", "-f", path, "--unique", "3", *common)
 
     accuracy = run_accuracy(lm, items["arc_easy"], AccuracyConfig(), benchmark="arc_easy", cache=False)
     assert accuracy.n_items == 2

@@ -4,6 +4,7 @@ results' to_dict() survives a JSON round trip."""
 import json
 
 import typer
+from tiny import json_round_trip, save_pair
 from typer.testing import CliRunner
 
 from qscope import SAE, SAEConfig, load
@@ -23,12 +24,6 @@ def write_arrow(folder, rows) -> None:
         writer.write_table(table)
 
 
-def as_json(result) -> dict:
-    d = result.to_dict()
-    back = json.loads(json.dumps(d))
-    assert back == d  # nothing that JSON would change (tuples, int keys, NaN)
-    return back
-
 
 def test_label_and_report_match_the_cli(tiny_lm_copy, tmp_path, monkeypatch):
     words = ["cat", "dog", "sun", "ice", "mat", "park"]
@@ -38,10 +33,7 @@ def test_label_and_report_match_the_cli(tiny_lm_copy, tmp_path, monkeypatch):
          "answerKey": "ABC"[(i * 7) % 3]} for i in range(24)])
     monkeypatch.setenv("QSCOPE_OLMO_EVAL_DIR", str(tmp_path / "olmo"))
     lm = tiny_lm_copy("llama", seed=1)
-    model_dir, sae_dir = tmp_path / "model", tmp_path / "sae"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
-    SAE.random(SAEConfig(d_model=lm.d_model, d_sae=64, k=4, layer=1), seed=0).save(sae_dir)
+    model_dir, sae_dir = save_pair(lm, SAE.random(SAEConfig(d_model=lm.d_model, d_sae=64, k=4, layer=1), seed=0), tmp_path)
     lm, saes = load(str(model_dir), str(sae_dir), device="cpu")
     app = typer.Typer()
     register(app)
@@ -53,7 +45,7 @@ def test_label_and_report_match_the_cli(tiny_lm_copy, tmp_path, monkeypatch):
 
     items = load_benchmark("arc_easy", limit=24)
     data = run_label(lm, items, LabelConfig(), benchmark="arc_easy", cache=False)
-    summary = as_json(data)
+    summary = json_round_trip(data)
     assert 0 < summary["n_correct"] < 24 and summary["kind"] == "mc"
     assert summary == cli("label", "arc_easy")
 
@@ -61,5 +53,5 @@ def test_label_and_report_match_the_cli(tiny_lm_copy, tmp_path, monkeypatch):
     assert {("rivalry", 1), ("sae_probe", 1), ("resid_probe", 2)} <= {(s.name, s.layer) for s in report.scores}
     printed = cli("report", "arc_easy", "--sae", str(sae_dir), "--layers", "1", "--probe-layers", "0,2", "--folds",
                   "2", "--n-boot", "30")
-    assert as_json(report) == printed
+    assert json_round_trip(report) == printed
 
