@@ -295,7 +295,7 @@ def probe_latents(layer: int, kind: str, names: list[str], artifacts: Path, k: i
 def run_footprints(layer: int, args) -> dict:
     """qscope's benchmark footprints (last token) at this layer, for the two-way view."""
     from qscope.evals.benchmarks import load_benchmark
-    from qscope.evals.footprint import FootprintConfig, compute_footprint
+    from qscope.evals.footprint import FootprintConfig, compute_footprints
     from qscope.model import load_model
     from qscope.sae import SAE
 
@@ -304,7 +304,7 @@ def run_footprints(layer: int, args) -> dict:
     out = {}
     for bench in args.benchmarks.split(","):
         items = load_benchmark(bench, limit=args.footprint_items, seed=0)
-        fp = compute_footprint(lm, sae, items, FootprintConfig(layer=layer, position="last"))
+        fp = compute_footprints(lm, [sae], items, FootprintConfig(layer=layer, position="last"))[0]
         out[bench] = {"n_items": len(items), "features": fp.union.tolist(),
                       "counts": {str(j): int(c) for j, c in zip(*_counts(fp.items))}}
     return out

@@ -210,11 +210,11 @@ def evaluate_cell(lm, data: dict, args) -> tuple[dict, list[str]]:
 
 def capability(lm, spec: str) -> dict:
     """Accuracy on a benchmark (choice-text likelihood), `name#items`."""
-    from qscope.evals.accuracy import evaluate
+    from qscope.evals.accuracy import run_accuracy
     from qscope.data.benchmarks import load_benchmark
 
     name, _, n = spec.partition("#")
-    res = evaluate(lm, load_benchmark(name, limit=int(n) if n else None, seed=0), benchmark=name)
+    res = run_accuracy(lm, load_benchmark(name, limit=int(n) if n else None, seed=0), benchmark=name)
     return {"n_items": res.n_items, "accuracy": res.accuracy, "wilson95": wilson_interval(round(res.accuracy * res.n_items), res.n_items)}
 
 

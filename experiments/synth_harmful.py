@@ -36,8 +36,9 @@ from qscope.features.search import collect_stats
 from qscope.datatools.cache import CodeCache
 from qscope.datatools.classify import firing_rates
 from qscope.datatools.labelled import load_task
-from qscope.datatools.synth import (NEUTRAL_PROMPTS, LocalPrompted, LocalSteered, RowSteering, compare,
-                                    coverage_from_acts, describe_by_examples, max_acts_of)
+from qscope.datatools.synth import (NEUTRAL_PROMPTS, LocalPrompted, LocalSteered, RowSteering, coverage_from_acts,
+                                    describe_by_examples, max_acts_of)
+from qscope.datatools.synth_runs import SynthConfig, run_synthesis
 from qscope.io import write_json
 from qscope.provenance import record
 
@@ -76,7 +77,9 @@ def select_targets(lm, saes, layer: int, n_seeds: int, n_targets: int, min_hits:
 
 
 def run_compare(lm, sae, sel: dict, gen, per_target: int, seed: int) -> dict:
-    rep, synth, rand = compare(lm, sae, sel["seeds"], sel["targets"], gen, per_target=per_target, seed=seed)
+    res = run_synthesis(lm, sae, sel["seeds"], sel["targets"], SynthConfig(per_target=per_target, seed=seed),
+                        generator=gen)
+    rep, synth, rand = res.report, res.synthesised, res.random
     return {"report": rep.to_dict(), "candidates": [c.to_dict() for c in synth],
             "random_candidates": [c.to_dict() for c in rand]}
 

@@ -77,3 +77,22 @@ def permuted_sae(sae, perm):
         out.b_enc.copy_(sae.b_enc[perm])
         out.b_dec.copy_(sae.b_dec)
     return out
+
+
+def save_pair(lm, sae, folder):
+    """`lm` and `sae` written where the CLI reads them: (model folder, SAE folder) under `folder`."""
+    model_dir, sae_dir = folder / "model", folder / "sae"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    sae.save(sae_dir)
+    return model_dir, sae_dir
+
+
+def json_round_trip(result) -> dict:
+    """`result.to_dict()`, checked to hold nothing that JSON would change (tuples, int keys, NaN)."""
+    import json
+
+    d = result.to_dict()
+    back = json.loads(json.dumps(d))
+    assert back == d
+    return back

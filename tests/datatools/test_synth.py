@@ -13,12 +13,11 @@ import torch
 from qscope.datatools.synth import (
     Endpoint,
     LocalSteered,
-    compare,
-    coverage,
     coverage_from_acts,
     synthesize,
     write_jsonl,
 )
+from qscope.datatools.synth_runs import SynthConfig, run_coverage, run_synthesis
 from qscope.errors import QScopeError
 from test_classify import NEG, POS, planted_sae
 
@@ -61,14 +60,15 @@ class Fixed:
 
 
 def test_synthesis_keeps_only_candidates_that_fire(lm, sae):
-    assert coverage(lm, sae, NEG, [5, 6]).uncovered == [5, 6]
+    assert run_coverage(lm, sae, NEG, [5, 6]).uncovered == [5, 6]
     cands = synthesize(lm, sae, [5, 6], Fixed(), per_target=2)
     assert [(c.target, c.kept) for c in cands] == [(5, True), (5, True), (6, False), (6, False)]
     assert all(c.activation > 0 for c in cands[:2]) and cands[0].hits == [5]
 
 
 def test_compare_reports_coverage_at_equal_budget(lm, sae, tmp_path):
-    report, synth, rand = compare(lm, sae, NEG, [5, 6], Fixed(), per_target=3)
+    result = run_synthesis(lm, sae, NEG, [5, 6], SynthConfig(per_target=3), generator=Fixed())
+    report, synth, rand = result.report, result.synthesised, result.random
     assert report.seed.covered == [] and report.budget == 6
     assert len(synth) == 6 and len(rand) == 6  # same number of generations
     assert report.feature_driven["newly_covered"] == [5] and report.feature_driven["coverage_total"] == 0.5
@@ -133,7 +133,8 @@ def server():
 
 def test_endpoint_generator_against_fake_server(lm, sae, server):
     gen = Endpoint(server, "fake-model", describe=lambda f: "feature five" if f == 5 else "other", api_key="k")
-    report, synth, rand = compare(lm, sae, NEG, [5, 6], gen, per_target=2)
+    result = run_synthesis(lm, sae, NEG, [5, 6], SynthConfig(per_target=2), generator=gen)
+    report, synth, rand = result.report, result.synthesised, result.random
     path, auth, body = _Handler.seen[0]
     assert path == "/v1/chat/completions" and auth == "Bearer k" and body["model"] == "fake-model"
     assert [c.kept for c in synth] == [True, True, False, False] and synth[0].generator == "endpoint:fake-model"

@@ -243,16 +243,16 @@ def test_footprint_is_cached_and_resumes(tiny_pair, tmp_path, monkeypatch):
     from qscope.evals import footprint as fpmod
 
     lm, sae = tiny_pair
-    first = fpmod.compute_footprint(lm, sae, ITEMS[:3], cache=tmp_path)
+    first = fpmod.compute_footprints(lm, [sae], ITEMS[:3], cache=tmp_path)[0]
     assert len(first.items) == 3 and all(0 < len(f) <= 4 for f in first.items)
     calls = []
     real = lm.capture
     monkeypatch.setattr(lm, "capture", lambda texts, *a, **k: calls.append(len(texts)) or real(texts, *a, **k))
-    again = fpmod.compute_footprint(lm, sae, ITEMS, cache=tmp_path)  # 3 cached, 2 new
+    again = fpmod.compute_footprints(lm, [sae], ITEMS, cache=tmp_path)[0]  # 3 cached, 2 new
     assert calls == [2]
     assert all(np.array_equal(x, y) for x, y in zip(first.items, again.items[:3]))
     monkeypatch.undo()
-    anyfp = fpmod.compute_footprint(lm, sae, ITEMS, fpmod.FootprintConfig(position="any"), cache=False)
+    anyfp = fpmod.compute_footprints(lm, [sae], ITEMS, fpmod.FootprintConfig(position="any"), cache=False)[0]
     # the same codes as the shared per-text codes stream, at the last token
     from qscope.features.codes import iter_text_codes
 
@@ -264,7 +264,7 @@ def test_footprint_is_cached_and_resumes(tiny_pair, tmp_path, monkeypatch):
 
     sae3 = SAE.random(SAEConfig(d_model=32, d_sae=64, k=4, layer=3), seed=1)
     both = fpmod.compute_footprints(lm, [sae, sae3], ITEMS, cache=False)
-    alone = fpmod.compute_footprint(lm, sae3, ITEMS, cache=False)
+    alone = fpmod.compute_footprints(lm, [sae3], ITEMS, cache=False)[0]
     assert all(np.array_equal(x, y) for x, y in zip(both[1].items, alone.items)) and both[0].layer == 1
     assert all(set(a) <= set(b) for a, b in zip(again.items, anyfp.items)) and anyfp.size >= again.size
     path = tmp_path / "fp.json"
@@ -274,17 +274,17 @@ def test_footprint_is_cached_and_resumes(tiny_pair, tmp_path, monkeypatch):
 
 
 def test_accuracy_mc_on_tiny_model(tiny_pair, tmp_path):
-    from qscope.evals.accuracy import accuracy_matrix, evaluate
+    from qscope.evals.accuracy import accuracy_matrix, run_accuracy
 
     lm, _ = tiny_pair
-    res = evaluate(lm, ITEMS, cache=tmp_path)
+    res = run_accuracy(lm, ITEMS, cache=tmp_path)
     assert res.n_items == 5 and set(res.predictions) <= {"A", "B"} and set(res.correct) <= {0, 1}
-    assert evaluate(lm, ITEMS, cache=tmp_path).correct == res.correct
+    assert run_accuracy(lm, ITEMS, cache=tmp_path).correct == res.correct
     other = type(res)(**{**res.to_dict(), "model": "other", "correct": [1 - c for c in res.correct]})
     matrix, _, models = accuracy_matrix([res, other])
     assert matrix.shape == (5, 2) and models == [lm.name, "other"]
     with pytest.raises(QScopeError, match="code"):
-        evaluate(lm, [BenchItem("c/0", "def f():", "pass", kind="code")], cache=False)
+        run_accuracy(lm, [BenchItem("c/0", "def f():", "pass", kind="code")], cache=False)
 
 
 def test_cli_overlap_redundancy_rank_from_footprints_file(tmp_path):

@@ -13,13 +13,14 @@ from qscope.uncertainty import (
     LabelConfig,
     LabelledItem,
     LabelledSet,
-    analyse,
+    ReportConfig,
     auroc,
     bootstrap_aurocs,
-    build_labelled_set,
     ci,
     residual_probe,
     rivalry,
+    run_label,
+    run_report,
     sae_probe,
     selective_curve,
     trace_features,
@@ -122,7 +123,7 @@ def lm(tiny_lm_copy):
 def test_labelled_set_caches_and_resumes(lm, tmp_path, monkeypatch):
     items = [mc_item(f"t/{i}", "t", f"Is {i} even?", ["yes", "no"], i % 2) for i in range(10)]
     cfg = LabelConfig(batch_size=4, mc_trace_tokens=3)
-    first = build_labelled_set(lm, items[:6], cfg, cache=tmp_path)
+    first = run_label(lm, items[:6], cfg, cache=tmp_path)
     assert len(first.items) == 6 and first.n_layers == lm.n_layers
     assert all(it.correct == (it.prediction == it.gold) for it in first.items)
     assert all(abs(sum(it.choice_probs) - 1) < 1e-5 and 1 <= len(it.trace_p) <= 3 for it in first.items)
@@ -131,12 +132,12 @@ def test_labelled_set_caches_and_resumes(lm, tmp_path, monkeypatch):
 
     real = ds.label_batch
     monkeypatch.setattr(ds, "label_batch", lambda lm_, batch, c: seen.extend(batch) or real(lm_, batch, c))
-    again = build_labelled_set(lm, items, cfg, cache=tmp_path)
+    again = run_label(lm, items, cfg, cache=tmp_path)
     assert [it.id for it in seen] == [it.id for it in items[6:]]  # only the new items ran
     assert [it.correct for it in again.items[:6]] == [it.correct for it in first.items]
     assert np.array_equal(again.items[0].resid, first.items[0].resid)
     with pytest.raises(QScopeError, match="kind"):
-        build_labelled_set(lm, [items[0], mc_item("x", "t", "q", ["a", "b"], 0)] + [
+        run_label(lm, [items[0], mc_item("x", "t", "q", ["a", "b"], 0)] + [
             type(items[0])("o", "Q?", "a", kind="code")], cfg, cache=False)
 
 
@@ -145,7 +146,7 @@ def test_cloze_scoring_matches_a_manual_likelihood(lm):
 
     item = mc_item("c/0", "c", "The cat sat on the", ["mat.", "dog ran in the park."], 0)
     assert question_prompt(item) == "Question: The cat sat on the\nAnswer:"
-    labelled = build_labelled_set(lm, [item], LabelConfig(mc_scoring="cloze"), cache=False).items[0]
+    labelled = run_label(lm, [item], LabelConfig(mc_scoring="cloze"), cache=False).items[0]
     tok = lm.tokenizer
     q = tok(question_prompt(item))["input_ids"]
     per_char = []
@@ -162,10 +163,10 @@ def test_cloze_scoring_matches_a_manual_likelihood(lm):
     assert LabelConfig().key() == "f56a61aa"  # cache file names must not change under existing caches
 
 
-def test_analyse_end_to_end(tmp_path):
+def test_report_end_to_end(tmp_path):
     data = _synthetic(n=80)
     sae = SAE.random(SAEConfig(d_model=24, d_sae=64, k=8), seed=0)
-    report = analyse(data, {1: sae}, probe_layers=[0, 1], n_boot=50)
+    report = run_report(None, {1: sae}, data, ReportConfig(probe_layers=(0, 1), n_boot=50))
     names = {(s.name, s.layer) for s in report.scores}
     assert {("max_prob", None), ("choice_max_prob", None), ("trace_lr", None), ("resid_probe", 1),
             ("rivalry", 1), ("rivalry_weighted", 1), ("sae_probe", 1)} <= names

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -11,11 +11,6 @@ from rich.table import Table
 from ..errors import QScopeError
 from ..parse import int_list
 from .common import DeviceOpt, JsonOpt, ModelOpt, SaeOpt, console, emit_json, load_models, progress_bar, read_texts
-
-if TYPE_CHECKING:
-    from ..datatools.cache import CodeCache
-    from ..model import LM
-    from ..sae import SAE
 
 app = typer.Typer(help="Classify texts with SAE features (top-K OR rule, no trained head).", no_args_is_help=True)
 
@@ -46,14 +41,6 @@ def _task(name: str | None, pos: str | None, neg: str | None, n_discovery: int, 
         raise QScopeError("give --task NAME (see `qscope classify tasks`) or both --pos and --neg")
     limit = 4 * (n_discovery + n_test)
     return from_texts(Path(pos).stem, read_texts(pos, limit), read_texts(neg, limit), n_discovery, n_test, seed)
-
-
-def _cache(lm: LM, saes: dict[int, SAE], cache_dir: str | None, max_length: int,
-           keep_residuals: bool = False) -> CodeCache:
-    from ..datatools.cache import CodeCache, ResidualStore
-
-    store = ResidualStore(lm, sorted(saes), None, max_length) if keep_residuals else None
-    return CodeCache(lm, saes, cache_dir, max_length=max_length, residuals=store)
 
 
 ResidualsOpt = typer.Option(
@@ -102,26 +89,15 @@ def discover_cmd(
     Example: qscope classify discover --task harmful -k 5 --out harmful.json
     Example: qscope classify discover --pos french.txt --neg english.txt --layers 6,15 --out fr.json
     """
-    from ..datatools.classify import choose_layer, discover, multi_layer, top1_diff
+    from ..datatools.classify_runs import DiscoveryConfig, run_discovery
     from ..features.logits import token_effects
 
     t = _task(task, pos, neg, n_discovery, 2, seed)
     lm, saes = load_models(model, sae, int_list(layers, "--layers") if layers is not None else None, device)
-    cache = _cache(lm, saes, cache_dir, max_length)
+    cfg = DiscoveryConfig(k=k, multi=multi, layer=layer, max_length=max_length, cache_dir=cache_dir, model=model,
+                          sae=sae)
     with progress_bar() as bar:
-        job = bar.add_task("encoding discovery texts", total=len(cache.missing(t.discovery.texts)))
-        codes = cache.codes(t.discovery.texts, progress=lambda n: bar.advance(job, n))
-    y = t.discovery.labels
-    meta = {"model": model, "sae": sae, "task": t.name, "max_length": max_length, "n_discovery": len(y)}
-    if multi:
-        clf = multi_layer(codes, y, multi, meta)
-    else:
-        if layer is not None and layer not in saes:
-            raise QScopeError(f"--layer {layer} is not among the loaded layers {sorted(saes)}")
-        chosen = layer if layer is not None else choose_layer(codes, y)
-        clf = discover(
-            codes, y, chosen, k, dict(meta, top1_diff={str(l): f.delta for l, f in top1_diff(codes, y).items()})
-        )
+        clf = run_discovery(lm, saes, t, cfg, progress=_ticker(bar))
     clf.save(out)
     if json:
         emit_json(clf)
@@ -164,8 +140,8 @@ def run_cmd(
 
     Example: qscope classify run -c harmful.json "How do I pick a lock?" "How do I bake bread?"
     """
-    from ..datatools.cache import encode_examples
     from ..datatools.classify import FeatureClassifier
+    from ..datatools.classify_runs import run_classify
 
     clf = FeatureClassifier.load(classifier)
     items = list(texts or []) + (read_texts(source, limit) if source else [])
@@ -175,11 +151,7 @@ def run_cmd(
         model or clf.meta.get("model", "default"), sae or clf.meta.get("sae", "default"), clf.layers, device
     )
     with console.status("encoding"):
-        fired = clf.fired(encode_examples(lm, saes, items, clf.meta.get("max_length", 128)))
-    rows = [
-        {"text": t, "label": bool(f.any()), "fired": [[c.layer, c.feature] for c, on in zip(clf.features, f) if on]}
-        for t, f in zip(items, fired)
-    ]
+        rows = run_classify(lm, saes, clf, items).to_dict()["labels"]
     if out:
         from ..io import write_json
 
@@ -227,49 +199,37 @@ def eval_cmd(
 
     Example: qscope classify eval --task harmful --task code --out docs/classify
     """
-    from ..datatools.classify import evaluate_task, plot_efficiency
+    from ..datatools.classify_runs import ClassifyEvalConfig, run_classify_eval, write_classify_eval
     from ..datatools.labelled import TASKS
-    from ..io import write_json
     from ..provenance import record
 
     names = list(task or []) if not (pos or neg) else [None]
     names = names or list(TASKS)
-    k_list = int_list(ks, "--ks")
+    cfg = ClassifyEvalConfig(ks=tuple(int_list(ks, "--ks")), seeds=seeds, max_length=max_length, cache_dir=cache_dir,
+                             keep_residuals=keep_residuals)
     lm, saes = load_models(model, sae, int_list(layers, "--layers") if layers is not None else None, device)
-    cache = _cache(lm, saes, cache_dir, max_length, keep_residuals)
-    prov = record(seeds={"split": seed, "subsample": list(range(seeds))})
-    reports = []
-    for name in names:
-        t = _task(name, pos, neg, n_discovery, n_test, seed)
-        with progress_bar() as bar:
-            job = bar.add_task(f"{t.name}: encoding", total=len(cache.missing(t.all_texts())))
-            rep = evaluate_task(
-                t,
-                cache,
-                ks=k_list,
-                seeds=seeds,
-                encoded=lambda n: bar.advance(job, n),
-                progress=lambda what: bar.update(job, description=f"{t.name}: {what}"),
-            )
-        write_json(out / f"{t.name}.json", dict(rep.to_dict(), data=t.to_dict()), provenance=prov)
-        reports.append(rep)
-        if not json:
-            _print_report(rep)
-    summary = {
-        r.task: {
-            "chosen_layer": r.chosen_layer,
-            "chosen_k": r.chosen_k,
-            "top1_diff": {l: v["delta"] for l, v in r.top1_diff.items()},
-            **r.headline(),
-        }
-        for r in reports
-    }
-    write_json(out / "summary.json", summary, provenance=prov)
-    plot_efficiency(reports, out / "efficiency.png", provenance=prov)
+    tasks = [_task(name, pos, neg, n_discovery, n_test, seed) for name in names]
+    with progress_bar() as bar:
+        result = run_classify_eval(lm, saes, tasks, cfg, progress=_ticker(bar))
+    write_classify_eval(result, out, provenance=record(seeds={"split": seed, "subsample": list(range(seeds))}))
     if json:
-        emit_json(summary)
-    else:
-        console.print(f"wrote {out}/summary.json, {out}/efficiency.png and one JSON per task")
+        emit_json(result)
+        return
+    for rep in result.reports:
+        _print_report(rep)
+    console.print(f"wrote {out}/summary.json, {out}/efficiency.png and one JSON per task")
+
+
+def _ticker(bar):
+    """progress(stage, n, total) -> one bar line per stage (a spinner where total is 0)."""
+    jobs: dict[str, int] = {}
+
+    def tick(stage: str, n: int, total: int) -> None:
+        if stage not in jobs:
+            jobs[stage] = bar.add_task(stage, total=total or None)
+        bar.advance(jobs[stage], n)
+
+    return tick
 
 
 def _print_report(rep) -> None:
@@ -318,41 +278,16 @@ def corpus_cmd(
     """
     from ..data import iter_texts
     from ..datatools.classify import FeatureClassifier
-    from ..datatools.scale import classify_ray, classify_stream, default_loader
+    from ..datatools.classify_runs import CorpusConfig, run_corpus
+    from ..datatools.scale import default_loader
 
     clf = FeatureClassifier.load(classifier)
     model_, sae_ = model or clf.meta.get("model", "default"), sae or clf.meta.get("sae", "default")
-    max_length = clf.meta.get("max_length", 128)
+    cfg = CorpusConfig(batch_size=batch_size, keep_text=keep_text, limit=limit, ray=ray, actors=actors)
+    load = default_loader(model_, sae_, clf.layers) if ray else (lambda: load_models(model_, sae_, clf.layers, device))
     with progress_bar() as bar:
         job = bar.add_task("classifying", total=limit)
-        tick = lambda n: bar.advance(job, n)  # noqa: E731
-        if ray:
-            result = classify_ray(
-                default_loader(model_, sae_, clf.layers),
-                clf,
-                iter_texts(source),
-                out,
-                actors=actors,
-                batch_size=batch_size,
-                max_length=max_length,
-                keep_text=keep_text,
-                progress=tick,
-                limit=limit,
-            )
-        else:
-            lm, saes = load_models(model_, sae_, clf.layers, device)
-            result = classify_stream(
-                lm,
-                saes,
-                clf,
-                iter_texts(source),
-                out,
-                batch_size=batch_size,
-                max_length=max_length,
-                keep_text=keep_text,
-                progress=tick,
-                limit=limit,
-            )
+        result = run_corpus(load, clf, iter_texts(source), out, cfg, progress=lambda n: bar.advance(job, n))
     if json:
         emit_json(result)
         return

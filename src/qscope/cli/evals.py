@@ -35,73 +35,67 @@ AnswerFieldOpt = typer.Option(None, help="For .jsonl benchmarks: the gold answer
 ChoicesFieldOpt = typer.Option(None, help="For .jsonl benchmarks: the field holding a list of choices.")
 
 
-def _items(spec: str, limit: int, seed: int, template=None, answer_field=None, choices_field=None):
-    """Items of 'name[:subject][@split][#limit]' ('#N' overrides --limit for that benchmark)."""
-    from ..data.benchmarks import load_benchmark
+def _load_items(benchmarks, limit, seed, template=None, answer_field=None, choices_field=None) -> dict:
+    """{name: items} of benchmark specs 'name[:subject][@split][#N]' ('#N' overrides --limit)."""
+    from ..data.benchmarks import load_spec, spec_name
 
-    spec, _, own = spec.partition("#")
-    if own:
-        if not own.isdigit():
-            raise QScopeError(f"{spec}#{own}: the part after '#' must be an item count")
-        limit = int(own)
-    name, _, split = spec.partition("@")
-    return load_benchmark(name, split=split or None, limit=limit or None, seed=seed, template=template,
-                          answer_field=answer_field, choices_field=choices_field)
-
-
-def _bench_name(spec: str) -> str:
-    name = spec.partition("#")[0].partition("@")[0]
-    return Path(name).name.split(".")[0] if name.endswith((".jsonl", ".gz", ".json")) else name
+    if not benchmarks:
+        raise QScopeError("name at least one benchmark")
+    names = [spec_name(b) for b in benchmarks]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise QScopeError(f"benchmark {', '.join(twice)} named twice")
+    return {name: load_spec(b, limit, seed, template=template, answer_field=answer_field, choices_field=choices_field)
+            for name, b in zip(names, benchmarks)}
 
 
-def _footprints(benchmarks, footprints_file, model, sae, layer, limit, seed, position, max_length, batch_size,
-                template=None, answer_field=None, choices_field=None, device=None, dtype=None, keep=None):
+def _run_footprint(lm, saes, items: dict, cfg):
+    """`run_footprint` behind a progress bar; prints each benchmark's footprint sizes."""
+    from ..evals.footprint import run_footprint
+
+    with progress_bar() as bar:
+        tasks: dict[str, int] = {}
+
+        def tick(name: str, n: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(f"footprint {name}", total=total)
+            bar.advance(tasks[name], n)
+
+        result = run_footprint(lm, saes, items, cfg, progress=tick)
+    for i, (name, its) in enumerate(items.items()):
+        sizes = {label: fps[i].size for label, fps in result.groups.items()}
+        shown = ", ".join(f"{label} {size}" for label, size in sizes.items()) if len(sizes) > 1 else sizes.popitem()[1]
+        console.print(f"{name}: {len(its)} items, |F(D)| = {shown}")
+    return result
+
+
+def _footprints(benchmarks, footprints_file, model, sae, layer, limit, seed, position, device=None, dtype=None,
+                keep=False):
     """Footprints from a saved file, or computed now (per-item cache under QSCOPE_HOME).
-    Returns (footprints, lm, sae) - lm/sae are None when read from a file."""
-    from ..evals.footprint import FootprintConfig, compute_footprint, load_footprints
+    Returns (footprints, lm, sae) - lm/sae are None when read from a file, unless `keep`."""
+    from ..data.benchmarks import spec_name
+    from ..evals.footprint import POSITIONS, FootprintConfig, load_footprints
 
     if footprints_file:
         fps = load_footprints(footprints_file)
         if benchmarks:
             by = {f.benchmark: f for f in fps}
-            missing = [_bench_name(b) for b in benchmarks if _bench_name(b) not in by]
+            missing = [spec_name(b) for b in benchmarks if spec_name(b) not in by]
             if missing:
                 raise QScopeError(f"{footprints_file}: no footprint for {', '.join(missing)} (has {', '.join(by)})")
-            fps = [by[_bench_name(b)] for b in benchmarks]
+            fps = [by[spec_name(b)] for b in benchmarks]
         if keep:
             loaded = load_models(model, sae, layer, device, dtype)
             return fps, loaded.lm, loaded.sae
         return fps, None, None
     if not benchmarks:
         raise QScopeError("name at least one benchmark (or pass --footprints FILE)")
-    item_sets = [(_bench_name(b), _items(b, limit, seed, template, answer_field, choices_field)) for b in benchmarks]
+    if position not in POSITIONS:
+        raise QScopeError(f"--position must be one of {POSITIONS} here, got {position!r}")
+    items = _load_items(benchmarks, limit, seed)
     loaded = load_models(model, sae, layer, device, dtype)
-    lm, sae_ = loaded.lm, loaded.sae
-    cfg = FootprintConfig(layer=layer, position=position, max_length=max_length, batch_size=batch_size)
-    out = []
-    with progress_bar() as bar:
-        for name, items in item_sets:
-            task = bar.add_task(f"footprint {name}", total=len(items))
-            out.append(compute_footprint(lm, sae_, items, cfg, benchmark=name,
-                                         progress=lambda k, t=task: bar.advance(t, k)))
-            bar.remove_task(task)
-            console.print(f"{name}: {len(items)} items, |F(D)| = {out[-1].size}")
-    return out, lm, sae_
-
-
-def _equalise(fps, items: Optional[int]):
-    """Footprints cut to equal item counts (footprint size and R_hat grow with |D|); 0 = keep all."""
-    if items == 0:
-        return list(fps), None
-    n = items or min(len(f.items) for f in fps)
-    short = [f.benchmark for f in fps if len(f.items) < n]
-    if short:
-        raise QScopeError(f"--items {n}: {', '.join(short)} have fewer items")
-    return [f.subset(n) for f in fps], n
-
-
-def _each(n: Optional[int]) -> str:
-    return f"{n} items each" if n else "all loaded items"
+    result = _run_footprint(loaded.lm, [loaded.sae], items, FootprintConfig(layer=layer, position=position))
+    return next(iter(result.groups.values())), loaded.lm, loaded.sae
 
 
 def _out(out: Optional[Path]) -> Optional[Path]:
@@ -154,17 +148,17 @@ def footprint_cmd(
     Per-item footprints are cached under QSCOPE_HOME/footprints, so reruns and interrupted runs resume.
     Example: qscope evals footprint gsm8k math arc_easy --layer 15 --limit 300 --out runs/evals/L15
     """
-    from ..evals.footprint import save_footprints
+    from ..evals.footprint import FootprintConfig, save_footprints
     from ..io import write_json
 
-    if layers or position == "both":
-        wanted = int_list(layers, "--layers") if layers else [layer]
-        groups = _multi_layer_footprints(benchmarks, model, sae, wanted, limit, seed, position, max_length,
-                                         batch_size, template, answer_field, choices_field, device, dtype)
-    else:
-        fps, _, _ = _footprints(benchmarks, None, model, sae, layer, limit, seed, position, max_length, batch_size,
-                                template, answer_field, choices_field, device, dtype)
-        groups = {"": fps}
+    flat = not layers and position != "both"  # one SAE, one position: written straight into --out
+    wanted = int_list(layers, "--layers") if layers else [layer]
+    items = _load_items(benchmarks, limit, seed, template, answer_field, choices_field)
+    loaded = load_models(model, sae, layer if flat else wanted, device, dtype)
+    cfg = FootprintConfig(layer=layer if flat else None, position=position, max_length=max_length,
+                          batch_size=batch_size)
+    result = _run_footprint(loaded.lm, [loaded.sae] if flat else loaded.saes, items, cfg)
+    groups = {"": next(iter(result.groups.values()))} if flat else result.groups
     summary = {label: [f.to_dict() for f in fps] for label, fps in groups.items()}
     if _out(out):
         for label, fps in groups.items():
@@ -182,33 +176,6 @@ def footprint_cmd(
             table.add_row(s["benchmark"], str(s["n_items"]), str(s["footprint_size"]),
                           f"{100 * s['fraction_of_features']:.1f}", f"{s['mean_item_size']:.1f}")
         console.print(table)
-
-
-def _multi_layer_footprints(benchmarks, model, sae, layers, limit, seed, position, max_length, batch_size,
-                            template, answer_field, choices_field, device, dtype):
-    """{'L15': [...], 'L15-any': [...]}: every layer (and position) from one forward per batch."""
-    from ..evals.footprint import FootprintConfig, compute_footprints
-
-    if not benchmarks:
-        raise QScopeError("name at least one benchmark")
-    item_sets = [(_bench_name(b), _items(b, limit, seed, template, answer_field, choices_field)) for b in benchmarks]
-    lm, by_layer = load_models(model, sae, layers, device, dtype)
-    layers, saes = list(by_layer), list(by_layer.values())
-    positions = ["last", "any"] if position == "both" else [position]
-    labels = [f"L{n}" + ("" if p == "last" else f"-{p}") for n in layers for p in positions]
-    groups: dict[str, list] = {label: [] for label in labels}
-    cfg = FootprintConfig(max_length=max_length, batch_size=batch_size)
-    with progress_bar() as bar:
-        for name, items in item_sets:
-            task = bar.add_task(f"footprint {name}", total=len(items))
-            fps = compute_footprints(lm, saes, items, cfg, benchmark=name, positions=positions,
-                                     progress=lambda k, t=task: bar.advance(t, k))
-            for label, fp in zip(labels, fps):
-                groups[label].append(fp)
-            bar.remove_task(task)
-            console.print(f"{name}: {len(items)} items, |F(D)| = " + ", ".join(
-                f"{label} {groups[label][-1].size}" for label in labels))
-    return groups
 
 
 @app.command("redundancy")
@@ -232,72 +199,34 @@ def redundancy_cmd(
 
     Example: qscope evals redundancy -f runs/evals/L15-60/L15/footprints.json --accuracy docs/evals/accuracy --out docs/evals
     """
-    from ..evals.redundancy import coverage_curve, spearman_agreement
-    from ..evals.report import coverage_plot, scatter_plot, tau_plot, write_result
+    from ..evals.accuracy import load_accuracy
+    from ..evals.redundancy import RedundancyConfig, run_redundancy
+    from ..evals.report import items_each, write_redundancy
 
-    fps, _, _ = _footprints(benchmarks, footprints, model, sae, layer, limit, seed, position, 512, 8)
-    fps, n = _equalise(fps, items)
-    curves = [coverage_curve(f, samples, seed) for f in fps]
-    result: dict = {"items_per_benchmark": n, "layer": fps[0].layer, "position": fps[0].position,
-                    "feature_based": [c.to_dict() for c in curves]}
-    perf = []
-    if accuracy:
-        perf = _performance(accuracy, [f.benchmark for f in fps], samples, seed)
-        result["performance_based"] = [p.to_dict() for p in perf]
-        if perf:
-            result["models"] = perf[0].models
-            result["n_models"] = perf[0].n_models
-        r_hat = {c.benchmark: c.r_hat for c in curves}
-        r = {p.benchmark: p.r for p in perf}
-        if len([b for b in r_hat if b in r]) >= 3:
-            result["agreement"] = spearman_agreement(r_hat, r)
+    fps, _, _ = _footprints(benchmarks, footprints, model, sae, layer, limit, seed, position)
+    acc = load_accuracy(accuracy, [f.benchmark for f in fps]) if accuracy else None
+    result = run_redundancy(fps, RedundancyConfig(items=items, samples=samples, seed=seed), acc)
+    for note in result.notes:
+        console.print(f"[yellow]{note}[/]")
     if _out(out):
-        write_result(out / "redundancy.json", result, provenance=record(seeds=seed))
-        coverage_plot(curves, out / "coverage.png", title=f"feature coverage, layer {fps[0].layer}, {_each(n)}")
-        if perf:
-            tau_plot(perf, out / "tau.png")
-            scatter_plot({c.benchmark: c.r_hat for c in curves}, {p.benchmark: p.r for p in perf},
-                         out / "r_vs_rhat.png", title=f"{perf[0].n_models} models")
+        write_redundancy(result, out, provenance=record(seeds=seed))
         console.print(f"wrote {out / 'redundancy.json'} and plots")
     if json:
         emit_json(result)
         return
+    perf = result.performance_based or []
     perf_by = {p.benchmark: p for p in perf}
     table = Table("benchmark", "items", "|F(D)|", "R_hat", "n for 50%", "n for 90%", *(["R (tau)"] if perf else []),
-                  title=f"redundancy, {_each(n)}")
-    for c in sorted(curves, key=lambda c: -c.r_hat):
+                  title=f"redundancy, {items_each(result.items_per_benchmark)}")
+    for c in sorted(result.feature_based, key=lambda c: -c.r_hat):
         p = perf_by.get(c.benchmark)
         table.add_row(c.benchmark, str(c.n_items), str(c.footprint_size), f"{c.r_hat:.3f}", str(c.items_for(0.5)),
                       str(c.items_for(0.9)), *([f"{p.r:.3f}" if p else "-"] if perf else []))
     console.print(table)
-    if "agreement" in result:
-        a = result["agreement"]
+    if result.agreement:
+        a = result.agreement
         console.print(f"Spearman(R, R_hat) = {a['spearman']:.3f} (p={a['p_value']:.3g}) over {a['n_benchmarks']} "
-                      f"benchmarks and {result['n_models']} models")
-
-
-def _performance(folder: Path, names: list[str], samples: int, seed: int):
-    """tau_n / R per benchmark from per-model accuracy files; benchmarks with < 2 models are skipped."""
-    import json as _json
-
-    from ..evals.accuracy import AccuracyResult, accuracy_matrix
-    from ..evals.redundancy import performance_redundancy
-
-    if not folder.is_dir():
-        raise QScopeError(f"{folder}: not a folder of accuracy results")
-    out = []
-    for name in names:
-        files = sorted(folder.glob(f"*/{name}.json"))
-        results = [AccuracyResult.from_dict(_json.loads(f.read_text())) for f in files]
-        if len(results) < 2:
-            console.print(f"[yellow]{name}: accuracy of {len(results)} model(s) in {folder}; tau needs 2 or more[/]")
-            continue
-        matrix, _, models = accuracy_matrix(results)
-        try:
-            out.append(performance_redundancy(matrix, models, name, samples, seed))
-        except QScopeError as exc:
-            console.print(f"[yellow]{exc}[/]")
-    return out
+                      f"benchmarks and {perf[0].n_models} models")
 
 
 @app.command("overlap")
@@ -319,34 +248,24 @@ def overlap_cmd(
 
     Example: qscope evals overlap -f runs/evals/L15-60/L15/footprints.json --pair gsm8k,math --out docs/evals
     """
-    from ..evals.overlap import overlap_matrix
-    from ..evals.report import overlap_heatmap, write_result
+    from ..evals.overlap import OverlapConfig, run_overlap
+    from ..evals.report import items_each, write_overlap
 
-    fps, _, _ = _footprints(benchmarks, footprints, model, sae, layer, limit, seed, position, 512, 8)
-    fps, n = _equalise(fps, items)
-    res = overlap_matrix(fps)
-    result = {"items_per_benchmark": n, "layer": fps[0].layer, "position": fps[0].position, **res.to_dict()}
-    pairs = []
-    for p in pair or []:
-        a, _, b = p.partition(",")
-        if a not in res.benchmarks or b not in res.benchmarks:
-            raise QScopeError(f"--pair {p}: both must be among {', '.join(res.benchmarks)}")
-        pairs.append({"a": a, "b": b, "a_to_b": round(res.get(a, b), 4), "b_to_a": round(res.get(b, a), 4),
-                      "overlap_min": round(res.get(a, b, "overlap_min"), 4)})
-    result["pairs"] = pairs
+    fps, _, _ = _footprints(benchmarks, footprints, model, sae, layer, limit, seed, position)
+    pairs = tuple(tuple(p.partition(",")[::2]) for p in pair or [])
+    result = run_overlap(fps, OverlapConfig(items=items, pairs=pairs))
     if _out(out):
-        write_result(out / "overlap.json", result, provenance=record(seeds=seed))
-        overlap_heatmap(res, out / "overlap.png", title=f"|F(A) ∩ F(B)| / |F(A)|, layer {fps[0].layer}, {_each(n)}")
-        overlap_heatmap(res, out / "overlap_min.png", kind="overlap_min")
+        write_overlap(result, out, provenance=record(seeds=seed))
         console.print(f"wrote {out / 'overlap.json'}, overlap.png, overlap_min.png")
     if json:
         emit_json(result)
         return
-    table = Table("A \\ B", *res.benchmarks, title=f"|F(A) ∩ F(B)| / |F(A)|, {_each(n)}")
+    res = result.matrix
+    table = Table("A \\ B", *res.benchmarks, title=f"|F(A) ∩ F(B)| / |F(A)|, {items_each(result.items_per_benchmark)}")
     for b, row in zip(res.benchmarks, res.overlap):
         table.add_row(b, *(f"{x:.2f}" for x in row))
     console.print(table)
-    for p in pairs:
+    for p in result.pairs:
         console.print(f"{p['a']} -> {p['b']}: {p['a_to_b']:.3f}   {p['b']} -> {p['a']}: {p['b_to_a']:.3f}   "
                       f"overlap_min {p['overlap_min']:.3f}")
 
@@ -371,20 +290,13 @@ def rank_cmd(
 
     Example: qscope evals rank humaneval truthfulqa --suite mmlu,gsm8k,arc_easy -f runs/evals/L15-60/L15/footprints.json
     """
-    from ..evals.overlap import rank_candidates, unique_features
+    from ..evals.overlap import RankConfig, run_rank
     from ..evals.report import write_result
 
     suite_names = [s.strip() for s in suite.split(",") if s.strip()]
     names = suite_names + [c for c in candidates if c not in suite_names]
-    fps, lm, sae_ = _footprints(names, footprints, model, sae, layer, limit, seed, position, 512, 8, keep=unique > 0)
-    fps, n = _equalise(fps, items)
-    by = {f.benchmark: f for f in fps}
-    suite_fps = [by[_bench_name(s)] for s in suite_names]
-    cand_fps = [by[_bench_name(c)] for c in candidates]
-    ranking = rank_candidates(suite_fps, cand_fps)
-    uniq = {c.benchmark: unique_features(c, suite_fps, top=unique, lm=lm, sae=sae_) for c in cand_fps} if unique else {}
-    result = {"items_per_benchmark": n, "suite": suite_names, "ranking": [r.to_dict() for r in ranking],
-              "unique_features": {k: v.to_dict() for k, v in uniq.items()}}
+    fps, lm, sae_ = _footprints(names, footprints, model, sae, layer, limit, seed, position, keep=unique > 0)
+    result = run_rank(fps, RankConfig(tuple(suite_names), tuple(candidates), unique=unique, items=items), lm, sae_)
     if _out(out):
         write_result(out / "rank.json", result, provenance=record(seeds=seed))
         console.print(f"wrote {out / 'rank.json'}")
@@ -393,8 +305,8 @@ def rank_cmd(
         return
     table = Table("candidate", "|F|", "new features", "novelty", "top unique features (promoted tokens)",
                   title=f"vs suite {', '.join(suite_names)}")
-    for r in ranking:
-        u = uniq.get(r.benchmark)
+    for r in result.ranking:
+        u = result.unique_features.get(r.benchmark)
         desc = "; ".join(f"{f.feature}: {' '.join(repr(t) for t in f.promoted[:3])}" for f in u.features[:4]) if u else ""
         table.add_row(r.benchmark, str(r.footprint_size), str(r.new_features), f"{r.novelty:.3f}", desc)
     console.print(table)
@@ -424,13 +336,11 @@ def accuracy_cmd(
     Writes <out>/<model>/<benchmark>.json, the input of `qscope evals redundancy --accuracy <out>`.
     Example: qscope evals accuracy arc_easy boolq triviaqa --model default --limit 300 --out docs/evals/accuracy
     """
-    from ..evals.accuracy import AccuracyConfig, evaluate
+    from ..evals.accuracy import AccuracyConfig, run_accuracy
     from ..evals.report import write_result
     from ..model import load_model
 
-    if not benchmarks:
-        raise QScopeError("name at least one benchmark")
-    item_sets = [(_bench_name(b), _items(b, limit, seed, template, answer_field, choices_field)) for b in benchmarks]
+    item_sets = _load_items(benchmarks, limit, seed, template, answer_field, choices_field).items()
     with console.status("loading model"):
         lm = load_model(model, device=device, dtype=dtype)
     cfg = AccuracyConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, mc_method=mc_method, chat=chat)
@@ -438,7 +348,7 @@ def accuracy_cmd(
     with progress_bar() as bar:
         for name, its in item_sets:
             task = bar.add_task(f"{name}", total=len(its))
-            results.append(evaluate(lm, its, cfg, benchmark=name, progress=lambda k, t=task: bar.advance(t, k)))
+            results.append(run_accuracy(lm, its, cfg, benchmark=name, progress=lambda k, t=task: bar.advance(t, k)))
             bar.remove_task(task)
             if _out(out):
                 slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in lm.name)

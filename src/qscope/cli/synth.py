@@ -78,7 +78,7 @@ def coverage_cmd(
 
     Example: qscope synth coverage --layer 15 --texts seeds.jsonl --targets 12,345,678
     """
-    from ..datatools.synth import coverage
+    from ..datatools.synth_runs import run_coverage
     from ..io import write_json
     from ..provenance import record
 
@@ -88,7 +88,7 @@ def coverage_cmd(
     items = read_texts(texts, limit)
     with progress_bar() as bar:
         job = bar.add_task("encoding", total=len(items))
-        cov = coverage(lm, sae_, items, ids, progress=lambda n: bar.advance(job, n))
+        cov = run_coverage(lm, sae_, items, ids, progress=lambda n: bar.advance(job, n))
     if out:
         write_json(out, cov.to_dict(), provenance=record())
     if json:
@@ -146,42 +146,19 @@ def generate_cmd(
     Example: qscope synth generate --layer 15 --seed-texts seeds.jsonl --targets 1,2 --examples pool.jsonl --out s.jsonl
     Example: qscope synth generate --layer 15 --seed-texts seeds.jsonl --targets 1,2 --endpoint http://localhost:8000/v1 --out s.jsonl
     """
-    from ..datatools.synth import (
-        ENDPOINT_TEMPLATE,
-        EXAMPLES_TEMPLATE,
-        Endpoint,
-        LocalPrompted,
-        LocalSteered,
-        compare,
-        describe_by_examples,
-        describe_by_tokens,
-        max_acts_of,
-        write_jsonl,
-    )
+    from ..datatools.synth import write_jsonl
+    from ..datatools.synth_runs import SynthConfig, run_synthesis
     from ..io import write_json
     from ..provenance import record
 
     loaded = load_models(model, sae, layer, device)
     lm, sae_ = loaded.lm, loaded.sae
     ids = _targets(lm, sae_, targets, contrast_pos, contrast_neg, n_targets, limit)
-    describe = None
-    if examples:
-        pool = read_texts(examples, limit)
-        with console.status("encoding the example pool"):
-            describe = describe_by_examples(pool, max_acts_of(lm, sae_, pool), seed=seed)
-    if endpoint:
-        gen = Endpoint(
-            endpoint,
-            endpoint_model,
-            describe or describe_by_tokens(lm, sae_),
-            template or (EXAMPLES_TEMPLATE if describe else ENDPOINT_TEMPLATE),
-            describe_untargeted=bool(describe),
-        )
-    elif describe:
-        gen = LocalPrompted(lm, describe, template or EXAMPLES_TEMPLATE, max_new_tokens=max_new_tokens)
-    else:
-        gen = LocalSteered(lm, sae_, strength=strength, max_new_tokens=max_new_tokens)
+    pool = read_texts(examples, limit) if examples else None
     seeds = read_texts(seed_texts, limit)
+    cfg = SynthConfig(per_target=per_target, seed=seed, random_baseline=random_baseline, strength=strength,
+                      max_new_tokens=max_new_tokens, endpoint=endpoint, endpoint_model=endpoint_model,
+                      template=template)
     with progress_bar() as bar:
         jobs: dict[str, int] = {}
 
@@ -190,15 +167,14 @@ def generate_cmd(
                 jobs[what] = bar.add_task(what, total=total)
             bar.advance(jobs[what], n)
 
-        rep, synth, rand = compare(
-            lm, sae_, seeds, ids, gen, per_target=per_target, seed=seed, random_baseline=random_baseline, progress=tick
-        )
+        result = run_synthesis(lm, sae_, seeds, ids, cfg, examples=pool, progress=tick)
+    rep, synth, rand = result.report, result.synthesised, result.random
     kept = write_jsonl(synth, out)
     if random_baseline:
         write_jsonl(rand, out.with_name(out.stem + ".random.jsonl"), kept_only=False)
     write_json(report or out.with_name(out.name + ".report.json"), rep.to_dict(), provenance=record(seeds=seed))
     if json:
-        emit_json(rep)
+        emit_json(result)
         return
     table = Table(
         "",

@@ -53,7 +53,7 @@ def _label(benchmark: str, limit: int, split: str | None, seed: int, model: str,
 
     from ..data.benchmarks import load_benchmark
     from ..model import load, load_model
-    from ..uncertainty import LabelConfig, build_labelled_set
+    from ..uncertainty import LabelConfig, run_label
 
     with console.status("loading benchmark and model"):
         items = load_benchmark(benchmark, split=split, limit=limit, seed=seed)
@@ -64,8 +64,7 @@ def _label(benchmark: str, limit: int, split: str | None, seed: int, model: str,
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"labelling {benchmark}", total=len(items))
         cfg = LabelConfig(max_new_tokens=new_tokens, mc_scoring=mc_scoring, mc_trace_tokens=mc_trace, chat=chat)
-        data = build_labelled_set(lm, items, cfg, benchmark=benchmark,
-                                  progress=lambda n: bar.advance(task, n))
+        data = run_label(lm, items, cfg, benchmark=benchmark, progress=lambda n: bar.advance(task, n))
     return lm, saes, data
 
 
@@ -90,12 +89,10 @@ def label_cmd(
     Example: qscope uncertainty label arc_easy --limit 300 --mc-scoring cloze
     """
     _, _, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens, chat)
-    info = {"benchmark": benchmark, "model": data.model, "n_items": len(data.items), "n_correct": int(data.labels.sum()),
-            "accuracy": round(data.accuracy, 4), "kind": data.items[0].kind}
     if json:
-        emit_json(info)
+        emit_json(data)
         return
-    console.print(f"{benchmark}: {info['n_correct']}/{info['n_items']} right (accuracy {data.accuracy:.1%})")
+    console.print(f"{benchmark}: {int(data.labels.sum())}/{len(data.items)} right (accuracy {data.accuracy:.1%})")
 
 
 @app.command("report")
@@ -126,15 +123,15 @@ def report_cmd(
     Example: qscope uncertainty report arc_easy --limit 300 --mc-scoring cloze --layers 6,15,24 --out docs/uncertainty
     """
     from ..provenance import record
-    from ..uncertainty import analyse, summary_rows, write_report
+    from ..uncertainty import ReportConfig, run_report, summary_rows, write_report
 
     sae_layers = [] if sae.lower() == "none" else _parse_layers(layers, None) or []
     lm, saes, data = _label(benchmark, limit, split, seed, model, device, mc_scoring, mc_trace_tokens, max_new_tokens,
                             chat, sae, sae_layers)
     with console.status("scoring") as status:
         probe = _parse_layers(probe_layers, lm.n_layers, "--probe-layers")
-        report = analyse(data, saes, probe, lm=lm, folds=folds, seed=seed, n_boot=n_boot,
-                         progress=lambda msg: status.update(f"scoring: {msg}"))
+        cfg = ReportConfig(probe_layers=None if probe is None else tuple(probe), folds=folds, seed=seed, n_boot=n_boot)
+        report = run_report(lm, saes, data, cfg, progress=lambda msg: status.update(f"scoring: {msg}"))
     if out is not None:
         paths = write_report(report, out, name, provenance=record(seeds=seed))
         console.print("wrote " + ", ".join(str(p) for p in paths))

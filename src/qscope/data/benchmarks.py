@@ -445,3 +445,21 @@ def load_benchmark(name: str, split: str | None = None, limit: int | None = None
         raise QScopeError(f"{spec.name}: no split {split!r} here (available: {', '.join(spec.splits)})")
     items = spec.load(split, subject) if spec.subjects else spec.load(split)
     return sample(items, limit, seed)
+
+
+def spec_name(spec: str) -> str:
+    """The benchmark name of a spec 'name[:subject][@split][#N]' or a .jsonl path (its file stem)."""
+    name = spec.partition("#")[0].partition("@")[0]
+    return Path(name).name.split(".")[0] if name.endswith((".jsonl", ".gz", ".json")) else name
+
+
+def load_spec(spec: str, limit: int | None = None, seed: int = 0, **jsonl_fields) -> list[BenchItem]:
+    """Items of a spec 'name[:subject][@split][#N]': '#N' takes N items instead of `limit` (0 = all);
+    `jsonl_fields` (template, answer_field, choices_field) as `load_benchmark` takes them."""
+    spec, _, own = spec.partition("#")
+    if own:
+        if not own.isdigit():
+            raise QScopeError(f"{spec}#{own}: the part after '#' must be an item count")
+        limit = int(own)
+    name, _, split = spec.partition("@")
+    return load_benchmark(name, split=split or None, limit=limit or None, seed=seed, **jsonl_fields)

@@ -69,7 +69,7 @@ class Coverage:
         }
 
 
-def _check_targets(targets: Sequence[int], d_sae: int) -> list[int]:
+def check_targets(targets: Sequence[int], d_sae: int) -> list[int]:
     targets = list(dict.fromkeys(int(t) for t in targets))
     if not targets:
         raise QScopeError("no target features given")
@@ -81,7 +81,7 @@ def _check_targets(targets: Sequence[int], d_sae: int) -> list[int]:
 
 def coverage_from_acts(max_acts, targets: Sequence[int]) -> Coverage:
     """Coverage arithmetic on a (n_texts, d_sae) max-activation matrix (dense or sparse)."""
-    targets = _check_targets(targets, max_acts.shape[1])
+    targets = check_targets(targets, max_acts.shape[1])
     if max_acts.shape[0] == 0:
         return Coverage(targets, [], 0)
     fired = np.asarray((max_acts[:, targets] > 0).sum(0)).ravel() > 0
@@ -108,11 +108,6 @@ def max_acts_of(
         if progress:
             progress(len(batch))
     return sp.vstack(parts).tocsr() if parts else sp.csr_matrix((0, sae.cfg.d_sae), dtype=np.float32)
-
-
-def coverage(lm: LM, sae: SAE, texts: Sequence[str], targets: Sequence[int], **kw) -> Coverage:
-    """Which targets the texts cover (any text fires the feature)."""
-    return coverage_from_acts(max_acts_of(lm, sae, [t for t in texts if t.strip()], **kw), targets)
 
 
 # ------------------------------------------------------------------------- targets
@@ -375,7 +370,7 @@ def synthesize(
     progress: Callable[[int], None] | None = None,
 ) -> list[Candidate]:
     """`per_target` candidates for each target; each checked for firing its target."""
-    targets = _check_targets(targets, sae.cfg.d_sae)
+    targets = check_targets(targets, sae.cfg.d_sae)
     rows: list[tuple[int | None, dict]] = []
     if hasattr(generator, "generate_batch"):  # many targets per forward
         wanted = [t for t in targets for _ in range(per_target)]
@@ -402,7 +397,7 @@ def untargeted(
     progress: Callable[[int], None] | None = None,
 ) -> list[Candidate]:
     """The random baseline: `budget` untargeted generations; kept if they fire any target."""
-    targets = _check_targets(targets, sae.cfg.d_sae)
+    targets = check_targets(targets, sae.cfg.d_sae)
     rows: list[tuple[int | None, dict]] = []
     if hasattr(generator, "generate_batch"):
         rows = [(None, r) for r in generator.generate_batch([None] * budget, seed + 7919)]
@@ -414,96 +409,6 @@ def untargeted(
         if progress:
             progress(n)
     return _check(lm, sae, rows, f"random:{generator.name}", targets, max_length)
-
-
-@dataclass
-class SynthReport:
-    """Coverage of the targets by the seed set, and after adding synthesised vs random data."""
-
-    layer: int
-    targets: list[int]
-    seed: Coverage
-    per_target: int
-    budget: int
-    feature_driven: dict = field(default_factory=dict)
-    random: dict = field(default_factory=dict)
-    per_feature: list[dict] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["seed"] = self.seed.to_dict()
-        return d
-
-
-def _summary(cands: list[Candidate], seed_cov: Coverage, use_all: bool) -> dict:
-    """Coverage of seed + candidates (kept ones, or all for the random baseline)."""
-    added = [c for c in cands if c.kept or use_all]
-    hit = set(seed_cov.covered) | {t for c in added for t in c.hits}
-    uncovered = seed_cov.uncovered
-    new = [t for t in uncovered if t in hit]
-    return {
-        "generated": len(cands),
-        "added": len(added),
-        "newly_covered": new,
-        "coverage_of_uncovered": len(new) / len(uncovered) if uncovered else 1.0,
-        "coverage_total": len(hit & set(seed_cov.targets)) / len(seed_cov.targets),
-    }
-
-
-def compare(
-    lm: LM,
-    sae: SAE,
-    seed_texts: Sequence[str],
-    targets: Sequence[int],
-    generator: Generator,
-    per_target: int = 4,
-    seed: int = 0,
-    random_baseline: bool = True,
-    max_length: int = 128,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> tuple[SynthReport, list[Candidate], list[Candidate]]:
-    """Seed coverage, then feature-driven synthesis for the uncovered targets and the random
-    baseline at the same number of generations. Returns (report, synthesised, random)."""
-    layer = lm.check_sae(sae)
-    targets = _check_targets(targets, sae.cfg.d_sae)
-    tick = (lambda what, total: lambda n: progress(what, n, total)) if progress else (lambda what, total: None)
-    texts = [t for t in seed_texts if t.strip()]
-    seed_cov = coverage_from_acts(
-        max_acts_of(lm, sae, texts, max_length=max_length, progress=tick("seed set", len(texts))), targets
-    )
-    todo = seed_cov.uncovered
-    budget = per_target * len(todo)
-    synth = (
-        synthesize(lm, sae, todo, generator, per_target, seed, max_length, tick("feature-driven", budget))
-        if todo
-        else []
-    )
-    rand = (
-        untargeted(lm, sae, targets, generator, budget, seed, max_length=max_length, progress=tick("random", budget))
-        if random_baseline and budget
-        else []
-    )
-    report = SynthReport(
-        layer,
-        targets,
-        seed_cov,
-        per_target,
-        budget,
-        _summary(synth, seed_cov, False),
-        _summary(rand, seed_cov, True) if random_baseline else {},
-    )
-    for t in todo:
-        mine = [c for c in synth if c.target == t]
-        report.per_feature.append(
-            {
-                "feature": t,
-                "kept": sum(c.kept for c in mine),
-                "tried": len(mine),
-                "max_activation": max((c.activation for c in mine), default=0.0),
-                "random_hits": sum(t in c.hits for c in rand),
-            }
-        )
-    return report, synth, rand
 
 
 def write_jsonl(candidates: Iterable[Candidate], path: str | Path, kept_only: bool = True) -> int:

@@ -135,8 +135,8 @@ def _predict(lm: LM, items: Sequence[BenchItem], cfg: AccuracyConfig) -> list[st
 
 
 # ---------------------------------------------------------------------------- run with cache
-def evaluate(lm: LM, items: Sequence[BenchItem], config: AccuracyConfig | None = None, benchmark: str | None = None,
-             cache: bool | Path = True, progress: Callable[[int], None] | None = None) -> AccuracyResult:
+def run_accuracy(lm: LM, items: Sequence[BenchItem], config: AccuracyConfig | None = None, benchmark: str | None = None,
+                 cache: bool | Path = True, progress: Callable[[int], None] | None = None) -> AccuracyResult:
     """Score `lm` on `items` -> per-item 0/1 (in item order); cached per model and benchmark."""
     cfg = config or AccuracyConfig()
     if not items:
@@ -198,3 +198,16 @@ def accuracy_matrix(results: Sequence[AccuracyResult]) -> tuple[np.ndarray, list
         raise QScopeError(f"{results[0].benchmark}: the models were scored on no common items")
     cols = [dict(zip(r.item_ids, r.correct)) for r in results]
     return np.array([[c[i] for c in cols] for i in ids], dtype=float), ids, [r.model for r in results]
+
+
+def load_accuracy(folder: str | Path, benchmarks: Sequence[str]) -> dict[str, list[AccuracyResult]]:
+    """{benchmark: one result per model} from a folder of `<model>/<benchmark>.json` files (as
+    `qscope evals accuracy --out` writes them), models in file-name order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise QScopeError(f"{folder}: not a folder of accuracy results")
+    out = {}
+    for name in benchmarks:
+        files = sorted(folder.glob(f"*/{name}.json"))
+        out[name] = [AccuracyResult.from_dict(json.loads(f.read_text())) for f in files]
+    return out

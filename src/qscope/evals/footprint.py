@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,13 +32,17 @@ POSITIONS = ("last", "any")
 @dataclass
 class FootprintConfig:
     layer: int | None = None  # default: the SAE's own layer
-    position: str = "last"  # "last" token, or "any" token except position 0
+    position: str = "last"  # "last" token, "any" token except position 0, or "both" (one footprint each)
     max_length: int = 512  # longer prompts keep their LAST max_length tokens
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if self.position not in POSITIONS:
-            raise QScopeError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if self.position not in (*POSITIONS, "both"):
+            raise QScopeError(f"position must be one of {(*POSITIONS, 'both')}, got {self.position!r}")
+
+    @property
+    def positions(self) -> list[str]:
+        return list(POSITIONS) if self.position == "both" else [self.position]
 
 
 @dataclass
@@ -98,29 +102,17 @@ def item_features(values, indices, position: str) -> np.ndarray:
     return np.unique(i[v > 0].numpy()).astype(np.int64)
 
 
-def compute_footprint(lm: LM, sae: SAE, items: Sequence[BenchItem], config: FootprintConfig | None = None,
-                      benchmark: str | None = None, cache: bool | Path = True,
-                      progress: Callable[[int], None] | None = None) -> Footprint:
-    """Footprint of `items` under `sae` on `lm` (items in the given order). `cache`: True = under
-    QSCOPE_HOME/footprints, a folder, or False. `progress(n)` is called with each batch's size
-    (cached items included)."""
-    return compute_footprints(lm, [sae], items, config, benchmark, cache, progress)[0]
-
-
 @torch.no_grad()
 def compute_footprints(lm: LM, saes: Sequence[SAE], items: Sequence[BenchItem], config: FootprintConfig | None = None,
                        benchmark: str | None = None, cache: bool | Path = True,
-                       progress: Callable[[int], None] | None = None,
-                       positions: Sequence[str] | None = None) -> list[Footprint]:
-    """Footprints of `items` under several SAEs (each at its own layer) from ONE forward per batch,
-    stopped after the deepest layer - the cost of three layers is about that of the deepest.
-    `positions` (default: the config's) may hold both "last" and "any"; the result lists every
-    (SAE, position) pair, SAE-major."""
+                       progress: Callable[[int], None] | None = None) -> list[Footprint]:
+    """Footprints of one benchmark's `items` under several SAEs (each at its own layer) from ONE
+    forward per batch, stopped after the deepest layer - the cost of three layers is about that
+    of the deepest. `cache`: True = under QSCOPE_HOME/footprints, a folder, or False.
+    `progress(n)` is called with each batch's size (cached items included). The result lists
+    every (SAE, position) pair, SAE-major."""
     config = config or FootprintConfig()
-    positions = list(positions or [config.position])
-    bad = [p for p in positions if p not in POSITIONS]
-    if bad:
-        raise QScopeError(f"position must be one of {POSITIONS}, got {bad[0]!r}")
+    positions = config.positions
     if not items:
         raise QScopeError(f"benchmark {benchmark or '?'}: no items to take a footprint of")
     if config.layer is not None and len(saes) > 1:
@@ -157,6 +149,48 @@ def compute_footprints(lm: LM, saes: Sequence[SAE], items: Sequence[BenchItem], 
                       sae.cfg.d_sae, layer, pos,
                       {"model": lm.name, "sae": sae.fingerprint(), "max_length": config.max_length})
             for (sae, layer, pos), got in zip(combos, found)]
+
+
+@dataclass
+class FootprintResult:
+    """Footprints of several benchmarks, grouped by "L<layer>" (plus "-any" for the any-token
+    position), each group in benchmark order."""
+
+    groups: dict[str, list[Footprint]]
+
+    def to_dict(self) -> dict:
+        return {label: [f.to_dict() for f in fps] for label, fps in self.groups.items()}
+
+
+def group_label(layer: int | None, position: str) -> str:
+    return f"L{layer}" + ("" if position == "last" else f"-{position}")
+
+
+def run_footprint(lm: LM, saes: Sequence[SAE] | Mapping[int, SAE], benchmarks: Mapping[str, Sequence[BenchItem]],
+                  config: FootprintConfig | None = None, cache: bool | Path = True,
+                  progress: Callable[[str, int, int], None] | None = None) -> FootprintResult:
+    """Footprint of each benchmark ({name: items}) under every SAE and position of `config`, one
+    forward per batch for all of them. `progress(benchmark, n, total)` follows each benchmark."""
+    config = config or FootprintConfig()
+    saes = list(saes.values()) if isinstance(saes, Mapping) else list(saes)
+    groups: dict[str, list[Footprint]] = {}
+    for name, items in benchmarks.items():
+        tick = (lambda n, name=name, total=len(items): progress(name, n, total)) if progress else None
+        for fp in compute_footprints(lm, saes, items, config, benchmark=name, cache=cache, progress=tick):
+            groups.setdefault(group_label(fp.layer, fp.position), []).append(fp)
+    return FootprintResult(groups)
+
+
+def equalise(footprints: Sequence[Footprint], items: int | None) -> tuple[list[Footprint], int | None]:
+    """Footprints cut to `items` items each (footprint size and R_hat grow with |D|, so benchmarks
+    are compared at equal counts); None = the smallest count, 0 = keep all. Returns (footprints, n)."""
+    if items == 0:
+        return list(footprints), None
+    n = items or min(len(f.items) for f in footprints)
+    short = [f.benchmark for f in footprints if len(f.items) < n]
+    if short:
+        raise QScopeError(f"items {n}: {', '.join(short)} have fewer items")
+    return [f.subset(n) for f in footprints], n
 
 
 def footprint_from_sets(benchmark: str, sets: Sequence[Sequence[int]], d_sae: int,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..errors import QScopeError
-from .footprint import Footprint
+from .footprint import Footprint, equalise
 
 if TYPE_CHECKING:
     from ..model import LM
@@ -32,7 +32,7 @@ def _check(footprints: Sequence[Footprint]) -> None:
 
 
 @dataclass
-class OverlapResult:
+class OverlapMatrix:
     benchmarks: list[str]
     sizes: list[int]
     n_items: list[int]
@@ -51,7 +51,7 @@ class OverlapResult:
         return d
 
 
-def overlap_matrix(footprints: Sequence[Footprint]) -> OverlapResult:
+def overlap_matrix(footprints: Sequence[Footprint]) -> OverlapMatrix:
     """Asymmetric and min-normalised overlap between every pair of benchmark footprints."""
     _check(footprints)
     d_sae = footprints[0].d_sae
@@ -63,7 +63,7 @@ def overlap_matrix(footprints: Sequence[Footprint]) -> OverlapResult:
     safe = np.maximum(sizes, 1)
     over = inter / safe[:, None]
     over_min = inter / np.maximum(np.minimum(sizes[:, None], sizes[None, :]), 1)
-    return OverlapResult([f.benchmark for f in footprints], sizes.astype(int).tolist(),
+    return OverlapMatrix([f.benchmark for f in footprints], sizes.astype(int).tolist(),
                          [len(f.items) for f in footprints], over.tolist(), over_min.tolist(),
                          inter.astype(int).tolist())
 
@@ -129,3 +129,77 @@ def unique_features(target: Footprint, others: Sequence[Footprint], top: int = 2
         for uf, eff in zip(feats, token_effects(lm, sae, [u.feature for u in feats], n=n_tokens)):
             uf.promoted = [t for t, _ in eff.promoted]
     return UniqueFeatures(target.benchmark, [f.benchmark for f in others], len(uniq), len(mine), feats)
+
+
+# ---------------------------------------------------------------------------- the jobs
+@dataclass(frozen=True)
+class OverlapConfig:
+    items: int | None = None  # items per benchmark: None = the smallest count, 0 = keep all
+    pairs: tuple[tuple[str, str], ...] = ()  # (A, B) pairs reported both ways
+
+
+@dataclass
+class OverlapResult:
+    items_per_benchmark: int | None
+    layer: int | None
+    position: str
+    matrix: OverlapMatrix
+    pairs: list[dict] = field(default_factory=list)  # a, b, a_to_b, b_to_a, overlap_min
+
+    def to_dict(self) -> dict:
+        return {"items_per_benchmark": self.items_per_benchmark, "layer": self.layer, "position": self.position,
+                **self.matrix.to_dict(), "pairs": self.pairs}
+
+
+def run_overlap(footprints: Sequence[Footprint], config: OverlapConfig | None = None) -> OverlapResult:
+    """Overlap between every pair of benchmarks at equal item counts, and the asked pairs both ways."""
+    config = config or OverlapConfig()
+    fps, n = equalise(footprints, config.items)
+    res = overlap_matrix(fps)
+    pairs = []
+    for a, b in config.pairs:
+        if a not in res.benchmarks or b not in res.benchmarks:
+            raise QScopeError(f"pair {a},{b}: both must be among {', '.join(res.benchmarks)}")
+        pairs.append({"a": a, "b": b, "a_to_b": round(res.get(a, b), 4), "b_to_a": round(res.get(b, a), 4),
+                      "overlap_min": round(res.get(a, b, "overlap_min"), 4)})
+    return OverlapResult(n, fps[0].layer, fps[0].position, res, pairs)
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    suite: tuple[str, ...]  # benchmarks of the current suite (names or specs, see `data.benchmarks.spec_name`)
+    candidates: tuple[str, ...]
+    unique: int = 8  # unique features listed per candidate (0: none)
+    items: int | None = None  # items per benchmark: None = the smallest count, 0 = keep all
+
+
+@dataclass
+class RankResult:
+    items_per_benchmark: int | None
+    suite: list[str]
+    ranking: list[CandidateScore]
+    unique_features: dict[str, UniqueFeatures] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"items_per_benchmark": self.items_per_benchmark, "suite": self.suite,
+                "ranking": [r.to_dict() for r in self.ranking],
+                "unique_features": {k: v.to_dict() for k, v in self.unique_features.items()}}
+
+
+def run_rank(footprints: Sequence[Footprint], config: RankConfig, lm: LM | None = None,
+             sae: SAE | None = None) -> RankResult:
+    """Candidates ranked by the share of their footprint the suite does not cover, each with its
+    unique features (named by promoted tokens when `lm` and `sae` are given)."""
+    from ..data.benchmarks import spec_name
+
+    fps, n = equalise(footprints, config.items)
+    by = {f.benchmark: f for f in fps}
+    missing = [s for s in (*config.suite, *config.candidates) if spec_name(s) not in by]
+    if missing:
+        raise QScopeError(f"no footprint for {', '.join(missing)} (have {', '.join(by)})")
+    suite = [by[spec_name(s)] for s in config.suite]
+    candidates = [by[spec_name(c)] for c in config.candidates]
+    ranking = rank_candidates(suite, candidates)
+    unique = {c.benchmark: unique_features(c, suite, top=config.unique, lm=lm, sae=sae)
+              for c in candidates} if config.unique else {}
+    return RankResult(n, list(config.suite), ranking, unique)

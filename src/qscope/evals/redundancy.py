@@ -16,13 +16,14 @@ permutation are a uniformly random n-subset, so one permutation gives a sample f
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..errors import QScopeError
-from .footprint import Footprint
+from .accuracy import AccuracyResult, accuracy_matrix
+from .footprint import Footprint, equalise
 
 
 @dataclass
@@ -156,3 +157,64 @@ def spearman_agreement(r_hat: dict[str, float], r: dict[str, float]) -> dict:
         raise QScopeError(f"Spearman over benchmarks needs at least 3 with both R and R_hat, got {len(names)}")
     rho, p = spearmanr([r_hat[b] for b in names], [r[b] for b in names])
     return {"spearman": float(rho), "p_value": float(p), "n_benchmarks": len(names), "benchmarks": names}
+
+
+# ---------------------------------------------------------------------------- the job
+@dataclass(frozen=True)
+class RedundancyConfig:
+    items: int | None = None  # items per benchmark: None = the smallest count, 0 = keep all
+    samples: int = 200  # Monte-Carlo permutations per benchmark
+    seed: int = 0
+
+
+@dataclass
+class RedundancyResult:
+    items_per_benchmark: int | None
+    layer: int | None
+    position: str
+    feature_based: list[CoverageCurve]
+    performance_based: list[PerformanceRedundancy] | None = None  # None: no accuracy given
+    agreement: dict | None = None  # Spearman(R, R_hat), with 3 or more benchmarks having both
+    notes: list[str] = field(default_factory=list)  # benchmarks left out of tau, and why
+
+    def to_dict(self) -> dict:
+        d = {"items_per_benchmark": self.items_per_benchmark, "layer": self.layer, "position": self.position,
+             "feature_based": [c.to_dict() for c in self.feature_based]}
+        if self.performance_based is not None:
+            d["performance_based"] = [p.to_dict() for p in self.performance_based]
+            if self.performance_based:
+                d["models"] = self.performance_based[0].models
+                d["n_models"] = self.performance_based[0].n_models
+        if self.agreement is not None:
+            d["agreement"] = self.agreement
+        return d
+
+
+def run_redundancy(footprints: Sequence[Footprint], config: RedundancyConfig | None = None,
+                   accuracy: Mapping[str, Sequence[AccuracyResult]] | None = None) -> RedundancyResult:
+    """Coverage curves and R_hat of each benchmark at equal item counts; with `accuracy`
+    ({benchmark: one result per model}) also tau_n, R and, over 3+ benchmarks, Spearman(R, R_hat).
+    Benchmarks with fewer than 2 models, or no ranking, are left out of tau (see `notes`)."""
+    config = config or RedundancyConfig()
+    fps, n = equalise(footprints, config.items)
+    curves = [coverage_curve(f, config.samples, config.seed) for f in fps]
+    result = RedundancyResult(n, fps[0].layer, fps[0].position, curves)
+    if accuracy is None:
+        return result
+    result.performance_based = []
+    for f in fps:
+        results = list(accuracy.get(f.benchmark, []))
+        if len(results) < 2:
+            result.notes.append(f"{f.benchmark}: accuracy of {len(results)} model(s); tau needs 2 or more")
+            continue
+        matrix, _, models = accuracy_matrix(results)
+        try:
+            result.performance_based.append(
+                performance_redundancy(matrix, models, f.benchmark, config.samples, config.seed))
+        except QScopeError as exc:
+            result.notes.append(str(exc))
+    r_hat = {c.benchmark: c.r_hat for c in curves}
+    r = {p.benchmark: p.r for p in result.performance_based}
+    if len([b for b in r_hat if b in r]) >= 3:
+        result.agreement = spearman_agreement(r_hat, r)
+    return result

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..io import save_png, write_json
-from .overlap import OverlapResult
-from .redundancy import CoverageCurve, PerformanceRedundancy
+from .overlap import OverlapMatrix, OverlapResult
+from .redundancy import CoverageCurve, PerformanceRedundancy, RedundancyResult
 
 
 def _plt():
@@ -34,7 +34,7 @@ def _save(fig, path: str | Path) -> Path:
     return save_png(fig, path, dpi=130, bbox_inches="tight")
 
 
-def overlap_heatmap(result: OverlapResult, path: str | Path, kind: str = "overlap", title: str | None = None) -> Path:
+def overlap_heatmap(result: OverlapMatrix, path: str | Path, kind: str = "overlap", title: str | None = None) -> Path:
     """Heatmap of overlap[i][j] = |F_i n F_j| / |F_i| (row benchmark -> column benchmark)."""
     plt = _plt()
     matrix = getattr(result, kind)
@@ -108,3 +108,32 @@ def write_result(path: str | Path, obj, provenance: dict | None = None) -> Path:
     """JSON of a result object (anything with `.to_dict()`) or a plain dict, atomically, with its provenance."""
     write_json(path, obj.to_dict() if hasattr(obj, "to_dict") else obj, provenance=provenance)
     return Path(path)
+
+
+def items_each(n: int | None) -> str:
+    """How many items each benchmark was cut to, for titles."""
+    return f"{n} items each" if n else "all loaded items"
+
+
+def write_redundancy(result: RedundancyResult, out: str | Path, provenance: dict | None = None) -> list[Path]:
+    """`redundancy.json` and `coverage.png` in `out`; with performance results also `tau.png`
+    and `r_vs_rhat.png`."""
+    out = Path(out)
+    curves, perf = result.feature_based, result.performance_based or []
+    paths = [write_result(out / "redundancy.json", result, provenance=provenance),
+             coverage_plot(curves, out / "coverage.png",
+                           title=f"feature coverage, layer {result.layer}, {items_each(result.items_per_benchmark)}")]
+    if perf:
+        paths.append(tau_plot(perf, out / "tau.png"))
+        paths.append(scatter_plot({c.benchmark: c.r_hat for c in curves}, {p.benchmark: p.r for p in perf},
+                                  out / "r_vs_rhat.png", title=f"{perf[0].n_models} models"))
+    return paths
+
+
+def write_overlap(result: OverlapResult, out: str | Path, provenance: dict | None = None) -> list[Path]:
+    """`overlap.json`, `overlap.png` (|F(A) n F(B)| / |F(A)|) and `overlap_min.png` in `out`."""
+    out = Path(out)
+    title = f"|F(A) ∩ F(B)| / |F(A)|, layer {result.layer}, {items_each(result.items_per_benchmark)}"
+    return [write_result(out / "overlap.json", result, provenance=provenance),
+            overlap_heatmap(result.matrix, out / "overlap.png", title=title),
+            overlap_heatmap(result.matrix, out / "overlap_min.png", kind="overlap_min")]

@@ -1,18 +1,19 @@
 """Correctness prediction: does the model know when it is about to be wrong?
 
-`build_labelled_set(lm, items)` runs the model on benchmark items (cached per item) and
-`analyse(data, saes)` puts every confidence score side by side on the same items: logit
+`run_label(lm, items, LabelConfig)` runs the model on benchmark items (cached per item) and
+`run_report(lm, saes, data, ReportConfig)` puts every confidence score side by side on the same items: logit
 baselines, tracing uncertainty, Feature Rivalry, a residual probe per layer and a sparse probe
 on SAE codes, each with AUROC, a paired bootstrap CI and its difference to max-prob.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .dataset import LabelConfig, LabelledItem, LabelledSet, build_labelled_set
+from .dataset import LabelConfig, LabelledItem, LabelledSet, run_label
 from .probes import SAEProbe, residual_probe, sae_probe
 from .report import (
     ScoreResult,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from ..model import LM
     from ..sae import SAE
 
-__all__ = ["LabelConfig", "LabelledItem", "LabelledSet", "build_labelled_set", "analyse", "UncertaintyReport",
+__all__ = ["LabelConfig", "LabelledItem", "LabelledSet", "run_label", "ReportConfig", "run_report", "UncertaintyReport",
            "ScoreResult", "auroc", "bootstrap_aurocs", "ci", "selective_curve", "rivalry", "rivalry_scores",
            "logit_scores", "trace_features", "trace_score", "residual_probe", "sae_probe", "SAEProbe",
            "write_report", "plot_layers", "plot_selective", "summary_rows"]
@@ -50,12 +51,20 @@ def label_method(data: LabelledSet) -> str:
     return LABEL_METHODS.get(key, key)
 
 
-def analyse(data: LabelledSet, saes: dict[int, SAE] | None = None, probe_layers: Sequence[int] | None = None,
-            lm: LM | None = None, folds: int = 5, seed: int = 0, n_boot: int = 1000,
-            progress: Callable[[str], None] | None = None) -> UncertaintyReport:
+@dataclass(frozen=True)
+class ReportConfig:
+    probe_layers: tuple[int, ...] | None = None  # layers of the raw-residual probe (None: all)
+    folds: int = 5  # cross-validation folds of the learned scores
+    seed: int = 0  # folds and bootstrap
+    n_boot: int = 1000  # bootstrap resamples for the CIs
+
+
+def run_report(lm: LM | None, saes: dict[int, SAE] | None, data: LabelledSet, config: ReportConfig | None = None,
+               progress: Callable[[str], None] | None = None) -> UncertaintyReport:
     """Score `data` with every method. `saes` maps layer -> SAE (rivalry + SAE probe at each);
-    `probe_layers` are the layers of the raw-residual probe (default: all); `lm` only names the
-    SAE probe's features by their promoted tokens."""
+    `lm` only names the SAE probe's features by their promoted tokens."""
+    config = config or ReportConfig()
+    folds, seed, n_boot = config.folds, config.seed, config.n_boot
     say = progress or (lambda _msg: None)
     y = data.labels
     kind = data.items[0].kind
@@ -65,7 +74,7 @@ def analyse(data: LabelledSet, saes: dict[int, SAE] | None = None, probe_layers:
     trace = trace_score(data, folds, seed)
     if trace is not None:
         scores.append(("trace_lr", "trace", None, trace))
-    layers = list(range(data.n_layers)) if probe_layers is None else list(probe_layers)
+    layers = list(range(data.n_layers)) if config.probe_layers is None else list(config.probe_layers)
     for layer in layers:
         say(f"residual probe, layer {layer}")
         scores.append(("resid_probe", "probe", layer, residual_probe(data, layer, folds, seed)))

@@ -120,6 +120,12 @@ class LabelledSet:
     def n_layers(self) -> int:
         return int(self.items[0].resid.shape[0]) if self.items else 0
 
+    def to_dict(self) -> dict:
+        """The summary (class balance); the items themselves live in the per-item cache."""
+        return {"benchmark": self.benchmark, "model": self.model, "n_items": len(self.items),
+                "n_correct": int(self.labels.sum()), "accuracy": round(self.accuracy, 4),
+                "kind": self.items[0].kind if self.items else None}
+
 
 # ---------------------------------------------------------------------------- model pass
 def _dist_stats(logits: torch.Tensor) -> dict[str, float]:
@@ -254,9 +260,8 @@ def cache_path(lm: LM, benchmark: str, cfg: LabelConfig, root: Path | None = Non
     return root / file_slug(lm.name) / f"{file_slug(benchmark)}-{cfg.key()}.jsonl"
 
 
-def build_labelled_set(lm: LM, items: Sequence[BenchItem], config: LabelConfig | None = None,
-                       benchmark: str | None = None,
-                       cache: bool | Path = True, progress: Callable[[int], None] | None = None) -> LabelledSet:
+def run_label(lm: LM, items: Sequence[BenchItem], config: LabelConfig | None = None, benchmark: str | None = None,
+              cache: bool | Path = True, progress: Callable[[int], None] | None = None) -> LabelledSet:
     """Label `items` (one kind) with `lm`; each finished item is appended to the cache at once."""
     cfg = config or LabelConfig()
     if not items:
