@@ -1,7 +1,7 @@
 """The default store, for real: searching its labels for "French" finds the French feature.
 
-Feature 15/6644 of the shipped layer-15 SAE fires on French far above any other language
-(docs/web.md); it is one of the three French features of the steering evidence. Uses the store
+Feature 15/6644 of the shipped layer-15 SAE is one of the three French features of the steering
+evidence (docs/steering/french_features_layer15.json). Uses the store
 `qscope features build --layer 15` wrote into QSCOPE_HOME (run with QSCOPE_TEST_REAL_HOME=1);
 skipped when there is none, as building it takes minutes."""
 

@@ -30,10 +30,10 @@ MIX_WEIGHTS: dict[str, float] = {
 }
 
 # What a feature store reads unless told: the training mix with the other languages' share
-# raised to 40%. The multilingual corpus spreads over 47 languages (French: 21 of its 966
-# texts), so at 15% the first 1500 texts of the mix hold 10 French ones and the first 256 hold 3;
-# at 40%, 15 and 6 (`python experiments/store_corpus.py`). A language feature is named by its
-# label only when its strong top contexts are in its language, so every language needs texts.
+# raised to 40%. The multilingual corpus spreads over 47 languages, so at 15% the first 1500
+# texts of the mix hold 10 French ones and the first 256 hold 3; at 40%, 15 and 6
+# (`python experiments/store_corpus.py`). A language feature is named by its label only when
+# its strong top contexts are in its language, so every language needs texts.
 DASHBOARD_WEIGHTS: dict[str, float] = {
     "brown": 0.15,
     "nlp-corpus": 0.05,
