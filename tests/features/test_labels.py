@@ -5,9 +5,10 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+import torch
 
 from qscope import SAE, SAEConfig
-from qscope.features.labels import AUTO, auto_label, context_kind
+from qscope.features.labels import AUTO, auto_label, context_kind, text_languages
 from qscope.features.store import FeatureStore, build_store
 from tiny import SENTENCES
 
@@ -21,6 +22,23 @@ def test_auto_label_names_tokens_language_and_code():
     assert context_kind(["en", "en", "und"], ["code", "code", "brown"]) == "code"
     assert context_kind(["en", "fr"], ["brown", "code"]) is None  # no majority: nothing claimed
     assert auto_label([], []) == "never fired"
+
+
+def test_label_counts_only_strong_contexts():
+    """Two strong French contexts and many weak English ones: a French feature in a small store."""
+    tokens, langs, corpora = [" le", " la"] + [" the"] * 8, ["fr", "fr"] + ["en"] * 8, ["multilingual"] * 2 + ["brown"] * 8
+    acts = [30.0, 25.0] + [6.0] * 8
+    assert auto_label(tokens, [], langs, corpora, acts) == "French text; fires on le, la"
+    assert auto_label(tokens, [], langs, corpora).startswith("fires on the")  # all twenty: English, unnamed
+
+
+def test_languages_are_named_among_all_not_four():
+    """Italian and Catalan are not French; code is not a language."""
+    texts = ["Ogni individuo ha diritto alla vita, alla libertà ed alla sicurezza della propria persona.",
+             "Tots els éssers humans neixen lliures i iguals en dignitat i en drets.",
+             FRENCH, "def add(a, b):\n    return a + b  # the sum"]
+    assert text_languages(texts, ["multilingual"] * 3 + ["code"]) == ["it", "ca", "fr", "und"]
+    assert context_kind(["it", "it", "fr"], ["multilingual"] * 3) == "Italian text"
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +123,33 @@ def test_explain_all_batches_resumes_and_stores_the_source(built, monkeypatch):
         assert explain_all(built, url, "llm-a") == [] and len(asked) == fired  # resumed: nothing asked again
     finally:
         server.shutdown()
+
+
+FRENCH_TEXTS = ["Le chat dort sur la table de la cuisine pendant que le chien joue dans le jardin.",
+                "Nous allons au marché le samedi matin pour acheter des légumes et du pain frais.",
+                "Elle a écrit une lettre à sa grand-mère qui habite dans un petit village de montagne.",
+                "Les enfants de l'école apprennent à lire et à compter avec leur nouvelle maîtresse."]
+
+
+def test_label_search_finds_a_language_feature_by_its_language(tiny_lm_copy, tmp_path):
+    """A feature made to fire on French (its encoder row: the mean residual of tokens only the
+    French texts have, minus the other texts' mean; its bias: no other text reaches it) is
+    labelled French text, and searching labels for "french" finds it and nothing else."""
+    lm = tiny_lm_copy("llama", seed=3)
+    sae = SAE.random(SAEConfig(d_model=lm.d_model, d_sae=64, k=6, layer=0), seed=1)
+    other_ids = set(lm.tokenize(SENTENCES)["input_ids"].flatten().tolist())
+    fr, other = lm.capture(FRENCH_TEXTS, [0]), lm.capture(SENTENCES, [0])
+    ids = lm.tokenize(FRENCH_TEXTS)["input_ids"]
+    only_french = fr.mask & ~torch.isin(ids, torch.tensor(sorted(other_ids)))
+    direction = fr.acts[0][only_french].mean(0) - other.valid(0, skip_first=True).mean(0)
+    direction = 100 * direction / direction.norm()
+    with torch.no_grad():
+        sae.W_enc[:, 5] = direction
+        sae.b_enc[5] = -(other.valid(0, skip_first=True) @ direction).max()
+    texts = [("brown", t) for t in SENTENCES] + [("multilingual", t) for t in FRENCH_TEXTS]
+    store = build_store(lm, sae, texts, tmp_path / "s.sqlite", layer=0, max_length=128, batch_size=4)
+    labels = store.auto_labels()
+    assert labels[5].startswith("French text; ")
+    found = [e.feature for e in store.search_labels("french")]
+    assert 5 in found and all(labels[f].startswith("French text") for f in found)
+    assert not any("French" in label for f, label in labels.items() if f not in found)

@@ -101,8 +101,10 @@ def build_cmd(
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
     layer: LayerOpt = None,
-    corpus: str = typer.Option("mix", help="'mix' = the default SAE training mix (texts labelled by corpus), or any "
-                               "text source: a file, folder or corpus name (see `qscope data show`)."),
+    corpus: str = typer.Option("dashboard", help="'dashboard' = the SAE training mix with 40% other languages (texts "
+                               "labelled by corpus; every language's features get top contexts in it), 'mix' = the "
+                               "training mix itself, or any text source: a file, folder or corpus name (see `qscope "
+                               "data show`)."),
     n_texts: int = typer.Option(1500, "--n-texts", min=1, help="Texts to stream in (a rerun with more continues)."),
     seed: int = typer.Option(0, min=0, help="Seed of the mix's order (part of what a resume checks)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Store file (default: QSCOPE_HOME/stores/"
@@ -117,9 +119,9 @@ def build_cmd(
 ) -> None:
     """Build (or resume) the feature store behind every dashboard: one pass over the texts.
 
-    The default texts are the SAE training mix (prose, code, Chinese, other languages) rather
-    than held-out text: dashboards want many and varied contexts, and the mix labels each text
-    with its corpus. Interrupt it any time; the same command continues from the last checkpoint.
+    The default texts are the SAE training mix (prose, code, Chinese) with more of its other
+    languages, rather than held-out text: dashboards want many and varied contexts, every
+    language's features want texts in that language, and the mix labels each text with its corpus. Interrupt it any time; the same command continues from the last checkpoint.
 
     Example: qscope features build --layer 15 --n-texts 1500
     """
@@ -139,10 +141,10 @@ def build_cmd(
     lm, sae_ = loaded.lm, loaded.sae
     layer_ = lm.check_sae(sae_, layer)
     path = out or default_store_path(model, sae, layer_)
-    if corpus == "mix":
-        from ..data.mix import mix_records
+    if corpus in ("dashboard", "mix"):
+        from ..data.mix import DASHBOARD_WEIGHTS, mix_records
 
-        texts = islice(mix_records(None, seed), n_texts)
+        texts = islice(mix_records(None, seed, DASHBOARD_WEIGHTS if corpus == "dashboard" else None), n_texts)
     else:
         from ..data import CORPORA, iter_texts
 

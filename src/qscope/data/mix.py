@@ -29,6 +29,19 @@ MIX_WEIGHTS: dict[str, float] = {
     "multilingual": 0.15,
 }
 
+# What a feature store reads unless told: the training mix with the other languages' share
+# raised to 40%. The multilingual corpus spreads over 47 languages, so at 15% the first 1500
+# texts of the mix hold 10 French ones and the first 256 hold 3; at 40%, 15 and 6
+# (`python experiments/store_corpus.py`). A language feature is named by its label only when
+# its strong top contexts are in its language, so every language needs texts.
+DASHBOARD_WEIGHTS: dict[str, float] = {
+    "brown": 0.15,
+    "nlp-corpus": 0.05,
+    "pydocs": 0.10,
+    "code": 0.20,
+    "chinese": 0.10,
+    "multilingual": 0.40,
+}
 
 # Every document belongs to one split, decided by a hash of its text: the same on every machine
 # and stable when a corpus grows. About 3% is held out for evaluating SAEs on unseen text.

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...errors import QScopeError
 from ..labels import AUTO
-from .auto_labels import compute_auto_labels, write_labels
+from .auto_labels import compute_auto_labels, labels_current, write_labels
 from .layout import BINS_PER_INTERVAL, HIST_EDGES, LEFT, N_INTERVALS, RIGHT, SCHEMA_VERSION, connect, now
 from .results import Example, Explanation, FeatureDashboard, FeatureSummary, Interval, Label
 
@@ -196,11 +196,12 @@ class FeatureStore:
     # -- labels
     def auto_labels(self) -> dict[int, str]:
         """Every feature's automatic label: stored by the build, or (a store built before labels
-        existed, or one still building) computed from the store on first use and kept in memory;
-        a complete store is also given them on disk when the file is writable."""
+        existed or labelled by an older rule, or one still building) computed from the store on
+        first use and kept in memory; a complete store is also given them on disk when the file
+        is writable."""
         if self._auto is None:
             rows = self.conn.execute("SELECT feature, text FROM labels").fetchall() if self._has_labels_table() else []
-            if rows and self.meta.get("state") == "complete":
+            if rows and self.meta.get("state") == "complete" and labels_current(self.conn):
                 self._auto = dict(rows)
             else:
                 self._auto = compute_auto_labels(self.conn)

@@ -243,6 +243,12 @@ pages.features = (view, args, query) => {
         const r = await api(`/api/browse/${state.layer}?${params}`);
         const from = r.total ? state.page * N + 1 : 0, to = state.page * N + r.rows.length;
         info.textContent = `${from}–${to} of ${r.total.toLocaleString()} features that fired${state.dense ? "" : " (dense ones hidden)"}`;
+        if (!state.dense && state.q) {  // a label search should not hide what it found: say how many dense features match
+          const all = await api(`/api/browse/${state.layer}?${new URLSearchParams({ q: state.q, n: 1 })}`);
+          if (all.total > r.total) info.append(" ", h("button", { type: "button", class: "secondary", id: "browse-show-dense",
+            onclick: () => { $("#browse-dense").checked = true; state.dense = true; state.page = 0; load(); } },
+            `show ${all.total - r.total} dense ${all.total - r.total === 1 ? "feature" : "features"} that match`));
+        }
         list.replaceChildren(r.rows.length ? featureTable(state.layer, r.rows, [["max act", "max_act"]]) : h("p", { class: "muted" }, "no feature matches"));
         prev.disabled = state.page === 0; next.disabled = to >= r.total;
       } catch (err) { showError(list, err); }
