@@ -315,7 +315,7 @@ def export_cmd(
     wanted = _feature_list(features)
     with _open_store(store, model, sae, layer) as st:
         if format == "neuronpedia":
-            from ..features.neuronpedia import NEURONPEDIA_BOT_USER, NeuronpediaTarget, default_model_id, export_neuronpedia
+            from ..integrations.neuronpedia import NEURONPEDIA_BOT_USER, NeuronpediaTarget, default_model_id, export_neuronpedia
 
             target = NeuronpediaTarget(model_id or default_model_id(st.meta["model"]), source_set, release,
                                        creator_id=creator_id or NEURONPEDIA_BOT_USER, n_layers=n_layers,

@@ -10,7 +10,7 @@ import pytest
 
 from qscope import SAE, SAEConfig
 from qscope.errors import QScopeError
-from qscope.features.neuronpedia import NeuronpediaTarget, default_model_id, export_neuronpedia
+from qscope.integrations.neuronpedia import NeuronpediaTarget, default_model_id, export_neuronpedia
 from qscope.features.store import FeatureStore, build_store
 from tiny import SENTENCES
 
