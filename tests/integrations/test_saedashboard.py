@@ -85,8 +85,11 @@ def test_saedashboard_export_matches_its_classes_and_the_store(store_path, tmp_p
                 assert "".join(token[i] for i in seq["token_ids"]) == "".join(ex.tokens)
                 assert (seq["original_index"], seq["qualifying_token_index"]) == (ex.text_index, ex.position)
         assert layout["top_acts_group_size"] >= len(dash.top)
+        assert layout["quantile_group_size"] >= max((len(iv.examples) for iv in dash.intervals), default=0)
         assert 0 < layout["logits_table_rows"] <= min(len(dash.promoted), len(dash.suppressed))
     assert token[0] == PAD
+    assert layout["top_acts_group_size"] == max(len(d.top) for d in dashes.values())
+    assert layout["quantile_group_size"] == max(len(iv.examples) for d in dashes.values() for iv in d.intervals)
 
 
 def test_saedashboard_export_is_deterministic_and_selective(store_path, tmp_path):

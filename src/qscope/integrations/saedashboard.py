@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..features.store import FeatureStore
-from ..features.store.layout import LEFT, RIGHT, SAMPLES_PER_INTERVAL
+from ..features.store.layout import LEFT, RIGHT
 from ..features.store.results import Example, FeatureDashboard
 from ..io import atomic_dir
 from .store_export import dashboard_batches, exported_features
@@ -124,13 +124,12 @@ def layout(store: FeatureStore, dashes: dict[int, dict]) -> dict:
     feature can fill (0: leave the table out)."""
     rows = min((min(len(d["logits_table_data"]["top_logits"]), len(d["logits_table_data"]["bottom_logits"]))
                 for d in dashes.values()), default=0)
-    groups = [g["seq_data"] for d in dashes.values() for g in d["sequence_data"]["seq_group_data"]]
-    tops = [d["sequence_data"]["seq_group_data"][0]["seq_data"] for d in dashes.values()]
+    groups = [d["sequence_data"]["seq_group_data"] for d in dashes.values()]
     return {"hook_point": f"blocks.{store.layer}.hook_resid_post", "features": list(dashes), "buffer": [LEFT, RIGHT],
-            "n_quantiles": max(len(d["sequence_data"]["seq_group_data"]) - 1 for d in dashes.values()),
-            "top_acts_group_size": max(map(len, tops)), "quantile_group_size": max(
-                [SAMPLES_PER_INTERVAL, *(len(g) for g in groups)]), "logits_table_rows": rows,
-            "model": store.meta["model"], "sae": store.meta["sae"], "layer": store.layer}
+            "n_quantiles": max(len(g) - 1 for g in groups),
+            "top_acts_group_size": max(len(g[0]["seq_data"]) for g in groups),
+            "quantile_group_size": max((len(iv["seq_data"]) for g in groups for iv in g[1:]), default=0),
+            "logits_table_rows": rows, "model": store.meta["model"], "sae": store.meta["sae"], "layer": store.layer}
 
 
 def export_saedashboard(store: FeatureStore, out: str | Path, features: Sequence[int] | None = None,
