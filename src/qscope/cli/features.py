@@ -285,7 +285,8 @@ def explain_cmd(
 @app.command("export")
 def export_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    format: str = typer.Option("neuronpedia", "--format", help="neuronpedia: a Neuronpedia import folder."),
+    format: str = typer.Option("neuronpedia", "--format", help="neuronpedia: a Neuronpedia import folder; "
+                               "saedashboard: the data SAEDashboard (sae_vis) renders its HTML dashboard from."),
     store: Optional[Path] = StoreOpt,
     model: ModelOpt = "default",
     sae: SaeOpt = "default",
@@ -305,27 +306,45 @@ def export_cmd(
                                                     "(likewise)."),
     json: JsonOpt = False,
 ) -> None:
-    """Export a feature store to the format Neuronpedia imports.
+    """Export a feature store to the format Neuronpedia imports or SAEDashboard renders.
 
     neuronpedia: features, activations and explanations as a Neuronpedia import folder
     (<out>/<model id>/<layer>-<source set>/), the layout a Neuronpedia instance's importer reads.
 
+    saedashboard: <out>/<store name>/ with sae_vis_data.json (what
+    SAEDashboard's SaeVisData.load_json reads), vocab.json, layout.json and
+    render.py, which writes SAEDashboard's HTML page where sae-dashboard is
+    installed. Every feature lands in that one page: pick them with --features.
+
     Example: qscope features export --layer 15 --format neuronpedia -o np_export
+
+    Example: qscope features export --layer 15 --format saedashboard --features 3858,6644 -o vis
     """
     from ..errors import QScopeError
 
     wanted = _feature_list(features)
     with _open_store(store, model, sae, layer) as st:
         if format == "neuronpedia":
-            from ..features.neuronpedia import NEURONPEDIA_BOT_USER, NeuronpediaTarget, default_model_id, export_neuronpedia
+            from ..integrations.neuronpedia import NEURONPEDIA_BOT_USER, NeuronpediaTarget, default_model_id, export_neuronpedia
 
             target = NeuronpediaTarget(model_id or default_model_id(st.meta["model"]), source_set, release,
                                        creator_id=creator_id or NEURONPEDIA_BOT_USER, n_layers=n_layers,
                                        neurons_per_layer=neurons_per_layer)
             folder = export_neuronpedia(st, out, target, wanted)
-            files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        elif format == "saedashboard":
+            from ..integrations.saedashboard import export_saedashboard
+
+            given = [name for name, value, default in (
+                ("--model-id", model_id, None), ("--source-set", source_set, "qscope-res"), ("--release", release, "qscope"),
+                ("--creator-id", creator_id, None), ("--n-layers", n_layers, None),
+                ("--neurons-per-layer", neurons_per_layer, None)) if value != default]
+            if given:
+                raise QScopeError(f"{', '.join(given)}: only for --format neuronpedia (saedashboard takes the "
+                                  "store and --features)")
+            folder = export_saedashboard(st, out, wanted)
         else:
-            raise QScopeError(f"--format {format!r}: expected neuronpedia")
+            raise QScopeError(f"--format {format!r}: expected neuronpedia or saedashboard")
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     if json:
         emit_json({"format": format, "folder": str(folder), "files": files})
         return

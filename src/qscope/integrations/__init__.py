@@ -1,1 +1,2 @@
-"""Adapters that let other tools run qscope: lm-evaluation-harness (`qscope.integrations.lm_eval`)."""
+"""Bridges to other tools: lm-evaluation-harness runs qscope models (`lm_eval`); feature stores
+export to Neuronpedia (`neuronpedia`) and SAEDashboard (`saedashboard`)."""

@@ -8,15 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from qscope import SAE, SAEConfig
 from qscope.errors import QScopeError
-from qscope.features.neuronpedia import NeuronpediaTarget, default_model_id, export_neuronpedia
-from qscope.features.store import FeatureStore, build_store
-from tiny import SENTENCES
+from qscope.features.store import FeatureStore
+from qscope.integrations.neuronpedia import NeuronpediaTarget, default_model_id, export_neuronpedia
 
-LAYER = 2
-TEXTS = [("code" if j % 3 == 0 else "prose", " ".join(SENTENCES[(j * 3 + i) % 8] for i in range(1 + j % 4)))
-         for j in range(12)]
+LAYER = 2  # the layer of the tiny store (conftest.py)
 
 # Neuronpedia's tables as its Prisma schema (apps/webapp/prisma/schema.prisma) declares them: column -> (type,
 # required). Required = NOT NULL with no default in the database (Prisma's cuid() ids are made by its client, so a
@@ -125,23 +121,6 @@ def read_export(folder: Path) -> dict[str, list[dict]]:
             check_rows(table, rows)
             out.setdefault(table, []).extend(rows)
     return out
-
-
-@pytest.fixture(scope="module")
-def lm(tiny_lm_copy):
-    return tiny_lm_copy("llama", seed=2)
-
-
-@pytest.fixture(scope="module")
-def store_path(lm, tmp_path_factory):
-    sae = SAE.random(SAEConfig(d_model=lm.d_model, d_sae=64, k=6, layer=LAYER), seed=4)
-    path = tmp_path_factory.mktemp("store") / "s.sqlite"
-    build_store(lm, sae, TEXTS, path, top_n=4, batch_size=4, max_length=48).close()
-    with FeatureStore(path) as st:
-        fired = st.top_features_by_density(3)
-        st.add_explanation(fired[0].feature, "the word 'the'", "manual")
-        st.add_explanation(fired[0].feature, "articles", "some-llm")
-    return path
 
 
 TARGET = dict(model_id="tiny-llama", n_layers=4, neurons_per_layer=32)

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import QScopeError
+from ..features.store import FeatureStore
+from ..features.store.results import Example, FeatureDashboard
 from ..io import atomic_dir
-from .store import FeatureStore
-from .store.results import Example, FeatureDashboard
+from .store_export import dashboard_batches, exported_features
 
 # The bot user that a fresh Neuronpedia database is seeded with: the default creator of uploads.
 NEURONPEDIA_BOT_USER = "clkht01d40000jv08hvalcvly"
@@ -177,27 +178,17 @@ def _write_jsonl(path: Path, rows: Iterable[dict], gz: bool = False) -> None:
     path.write_bytes(gzip.compress(text.encode("utf-8"), compresslevel=5, mtime=0) if gz else text.encode("utf-8"))
 
 
-def exported_features(store: FeatureStore, features: Sequence[int] | None) -> list[int]:
-    """The features asked for, else every feature that fired at least once."""
-    if features:
-        return [store._check_feature(f) for f in features]
-    return [f for (f,) in store.conn.execute("SELECT feature FROM feature_stats WHERE fires > 0 ORDER BY feature")]
-
-
 def export_neuronpedia(store: FeatureStore, out: str | Path, target: NeuronpediaTarget,
                        features: Sequence[int] | None = None, batch_size: int = FEATURES_PER_BATCH) -> Path:
     """Write the export under `out/<model_id>/<layer>-<source_set>/` (atomically); returns that folder."""
     source_id = f"{store.layer}-{target.source_set}"
     folder = Path(out) / target.model_id / source_id
     ids = exported_features(store, features)
-    if not ids:
-        raise QScopeError(f"{store.path}: no feature has fired yet; nothing to export")
     meta = metadata_rows(store, target, source_id)
     with atomic_dir(folder) as tmp:
         for name, row in meta.items():
             _write_jsonl(tmp / f"{name}.jsonl", [row])
-        for batch, start in enumerate(range(0, len(ids), batch_size)):
-            dashes = [store.dashboard(f) for f in ids[start:start + batch_size]]
+        for batch, dashes in enumerate(dashboard_batches(store, ids, batch_size)):
             name = f"batch-{batch}.jsonl.gz"
             _write_jsonl(tmp / "features" / name, (feature_row(d, target.model_id, source_id, target) for d in dashes), True)
             _write_jsonl(tmp / "activations" / name, (row for d in dashes for row in
