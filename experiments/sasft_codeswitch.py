@@ -32,6 +32,16 @@ SASFT 1e-2 vs SFT and unlikelihood vs SFT. The three p-values are Holm-corrected
 SASFT counts as reducing code-switching if its Holm-adjusted p < 0.05 AND its rate is below
 plain SFT's in every seed. Capability is reported, not tested.
 
+Second design (`--design other-context`), added after the first cell of the run above: plain SFT on
+that data took the switching model from 49.5% to 0/400 code-switched answers (seed 0), because its
+English pairs share the evaluation's "Continue this text" format and include the switch prompts
+themselves, so the CE alone undoes the switch and leaves SASFT nothing to reduce. Here the English
+SFT pairs are another task on the same Brown items ("Write the sentence that comes before this
+one: ..."), the switch prompts are left out, and the Chinese pairs stay (CE only); evaluation is
+unchanged, so the "Continue this text" format is reached only through what the penalty does to the
+language features. Same arms, seeds, primary comparison (SASFT 1e-3 vs SFT, McNemar over the
+(seed, prompt) pairs of the seeds run, Holm with the two secondaries) and success rule.
+
 Prerequisite: an SAE for layer 23 (only 6/15/24 ship), trained with the recipe of
 docs/default-saes.md (`qscope train --model default --layers 23 ...`), passed as
 `--sae-path 23=<folder>`.
@@ -40,6 +50,8 @@ docs/default-saes.md (`qscope train --model default --layers 23 ...`), passed as
     .venv/bin/python experiments/sasft_codeswitch.py --layers 24 --arms sft,sasft_1e-3 --seeds 0 --steps 2 \\
         --n-eval 6 --n-probe 6 --n-ppl 4 --n-select 16 --bench arc_easy#4,sciq#4 --out runs/posttrain/sasft-smoke \\
         --docs-name sasft_codeswitch_smoke                                                # a smoke run
+    .venv/bin/python experiments/sasft_codeswitch.py --layers 24 --top 4 --design other-context \\
+        --out experiments/runs/sasft-l24-other --docs-name sasft_l_reduce_l24_other       # the second design, layer 24
 
 Each finished cell (arm x seed) is cached in <out>/cells.json and skipped on a rerun; the
 summary lands in docs/posttrain/<docs-name>.json with provenance.
@@ -115,6 +127,8 @@ def build_data(n_eval: int, n_probe: int, n_ppl: int, n_select: int = 120, seed:
     return {"en_select": en_select, "zh_select": zh_select, "switch_train": switch_train,
             "probe": [(prompt(ss), ss[1] + " " + ss[2]) for ss in split["probe"]],
             "sft_en": [SFTExample(prompt(ss), ss[1] + " " + ss[2]) for ss in split["sft_en"]], "zh_pairs": zh_pairs,
+            "sft_en_other": [SFTExample(f"Write the sentence that comes before this one: {ss[1]}", ss[0])
+                             for ss in split["sft_en"]],
             "eval_prompts": [prompt(ss) for ss in split["eval"]], "ppl_en": [" ".join(ss) for ss in split["ppl"]],
             "ppl_zh": zh_ppl}
 
@@ -257,6 +271,9 @@ def main():
     ap.add_argument("--arms", default="sft,sasft_1e-3,sasft_1e-2,unlikelihood")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds (LoRA init + batch order)")
     ap.add_argument("--layers", default="23,24", help="two adjacent late layers, as in the paper")
+    ap.add_argument("--design", choices=("same-context", "other-context"), default="same-context",
+                    help="same-context: the English SFT pairs share the evaluation's 'Continue this text' format and include "
+                         "the switching model's own switch prompts; other-context: English pairs of another task only")
     ap.add_argument("--top", type=int, default=2, help="features per layer (4 with one layer keeps the paper's 4 features)")
     ap.add_argument("--sae-path", action="append", default=[], help="LAYER=FOLDER for a layer without a shipped SAE")
     ap.add_argument("--steps", type=int, default=80)
@@ -296,8 +313,12 @@ def main():
     switch_prompts = probe_switch_prompts(out, switcher, data, args.tokens)
     timings["features_and_probe"] = time.time() - t0 - timings["switcher"]
     timings["cpu_until_cells"] = time.process_time()
-    sft_data = ([SFTExample(p["prompt"], p["reference"]) for p in switch_prompts] + data["sft_en"] + data["zh_pairs"])
-    print(f"SFT set: {len(switch_prompts)} switch prompts + {len(data['sft_en'])} English + {len(data['zh_pairs'])} Chinese pairs", flush=True)
+    if args.design == "same-context":
+        sft_data = [SFTExample(p["prompt"], p["reference"]) for p in switch_prompts] + data["sft_en"] + data["zh_pairs"]
+    else:  # the evaluation's prompt format never appears in training: only the penalty can reach it
+        sft_data = data["sft_en_other"] + data["zh_pairs"]
+    print(f"SFT set ({args.design}): {len(sft_data) - len(data['zh_pairs'])} English + {len(data['zh_pairs'])} Chinese pairs",
+          flush=True)
     ul_ids = script_token_ids(AutoTokenizer.from_pretrained(switcher), data["zh_select"])
 
     cells = JsonCache(out / "cells.json")
