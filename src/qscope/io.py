@@ -254,5 +254,8 @@ def sha256_file_remembered(path: str | os.PathLike, memo: str | os.PathLike) -> 
     digest = sha256_file(path)
     known = {name: row for name, row in (known.items() if isinstance(known, dict) else ()) if Path(name).exists()}
     known[str(path)] = {"identity": identity, "sha256": digest}
-    write_json(memo, known)
+    try:
+        write_json(memo, known)
+    except PermissionError:  # a read-only cache: hash again next time
+        pass
     return digest

@@ -128,13 +128,16 @@ def convert_gguf(gguf: Path, target: Path, name: str | None = None, digest: str 
 
 def _tokenizer_checked(folder: Path) -> Path:
     """A folder converted before tokenizers were checked gets checked once, against the tokenizer
-    it loads as now (what its earlier loads used)."""
+    it loads as now (what its earlier loads used); a cache this process may not write stays as it is."""
     source = _source(folder)
     if source and "tokenizer" not in source and (folder / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
-        source["tokenizer"] = adopt_generic_tokenizer(folder, reference=AutoTokenizer.from_pretrained(folder))
-        write_json(folder / "qscope_source.json", source)
+        try:
+            source["tokenizer"] = adopt_generic_tokenizer(folder, reference=AutoTokenizer.from_pretrained(folder))
+            write_json(folder / "qscope_source.json", source)
+        except PermissionError:
+            pass
     return folder
 
 
