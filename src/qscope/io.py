@@ -234,3 +234,28 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file_remembered(path: str | os.PathLike, memo: str | os.PathLike) -> str:
+    """`sha256_file`, remembered in the JSON file `memo` under the file's identity: resolved path,
+    device, inode, size, and mtime and ctime in ns. Any write to the file moves its ctime, which no
+    user call can set back, so a changed file is hashed again; an unchanged one costs one stat."""
+    path = Path(path).resolve()
+    st = path.stat()
+    identity = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    memo = Path(memo)
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(str(path)) if isinstance(known, dict) else None
+    if isinstance(entry, dict) and entry.get("identity") == identity and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = sha256_file(path)
+    known = {name: row for name, row in (known.items() if isinstance(known, dict) else ()) if Path(name).exists()}
+    known[str(path)] = {"identity": identity, "sha256": digest}
+    try:
+        write_json(memo, known)
+    except PermissionError:  # a read-only cache: hash again next time
+        pass
+    return digest

