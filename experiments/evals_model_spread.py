@@ -61,6 +61,7 @@ BENCHMARKS = ["sciq", "csqa", "arc_easy", "siqa", "piqa"]  # where both base mod
 LAYERS = [6, 15, 24]
 PRIMARY_LAYER = 15
 SEED = 0
+D_SAE = 9216  # width of the default SAEs (docs/default-saes.md); bounds the feature ids in the cached footprints
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,37 @@ def build_models(gemma: str, dtype: str) -> list[LM]:
 
 
 # ---------------------------------------------------------------------------- analysis
+def cached_inputs(items: dict, n: int, dtype: str) -> tuple[dict, dict, list[str]]:
+    """The (items x models) answers and per-layer footprints of the first `n` items, read from the
+    cache alone (no model is loaded); a missing item is an error naming the file."""
+    from qscope.data.benchmarks import item_key
+    from qscope.evals.footprint import Footprint
+    from qscope.io import ItemCache
+    from qscope.paths import file_slug
+
+    names = [f"{v.name}@{dtype}" for v in VARIANTS]
+    acc, footprints = {}, {}
+    for b, its in items.items():
+        keys = [item_key(it) for it in its[:n]]
+        cols = []
+        for name in names:
+            path = CACHE / "accuracy" / file_slug(name) / f"{file_slug(b)}.text.jsonl"
+            cache = ItemCache(path)
+            if any(k not in cache for k in keys):
+                raise QScopeError(f"{path}: fewer than {n} cached answers; run without --cached-only")
+            cols.append([int(cache[k]["correct"]) for k in keys])
+        acc[b] = np.array(cols, dtype=float).T
+        footprints[b] = {}
+        for layer in LAYERS:
+            (folder,) = (CACHE / "footprints").glob(f"*__L{layer}__last__*")
+            cache = ItemCache(folder / f"{file_slug(b)}.jsonl")
+            if any(k not in cache for k in keys):
+                raise QScopeError(f"{folder / b}.jsonl: fewer than {n} cached footprints")
+            footprints[b][layer] = Footprint(b, [k[0] for k in keys],
+                                             [np.asarray(cache[k]["f"], dtype=np.int64) for k in keys], D_SAE, layer)
+    return acc, footprints, names
+
+
 def bootstrap(acc: dict, footprints: dict, layer: int, n_boot: int, seed: int) -> dict:
     """Spearman(R, R_hat) over benchmarks and Spearman(pair agreement, overlap_min) over pairs, each
     with a percentile interval from resampling every benchmark's items."""
@@ -237,6 +269,7 @@ def main() -> None:
     ap.add_argument("--gemma", help="Gemma-3-270M .gguf or converted folder (default: the one under QSCOPE_HOME)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--boot", type=int, default=1000)
+    ap.add_argument("--cached-only", action="store_true", help="analyse the first --items cached items; load no model")
     ap.add_argument("--out", type=Path, default=ROOT / "docs/evals/model_spread.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -247,6 +280,9 @@ def main() -> None:
     if short:
         raise QScopeError(f"--items {args.items}: {short} have fewer items")
     chance = {b: float(np.mean([1 / len(it.choices) for it in items[b]])) for b in BENCHMARKS}
+    if args.cached_only:
+        acc, footprints, names = cached_inputs(items, args.items, args.dtype)
+        return publish(args, analyse(args.items, names, acc, footprints, chance, args.boot), start)
     lm0, saes = load(layers=LAYERS, dtype=args.dtype)
     models = build_models(gemma_source(args.gemma), args.dtype)
     fp_cfg = FootprintConfig(position="last")
@@ -271,7 +307,10 @@ def main() -> None:
         fps = compute_footprints(lm0, [saes[layer] for layer in LAYERS], items[b][:done], fp_cfg, b,
                                  cache=CACHE / "footprints")
         footprints[b] = dict(zip(LAYERS, fps))
-    result = analyse(done, names, acc, footprints, chance, args.boot)
+    publish(args, analyse(done, names, acc, footprints, chance, args.boot), start)
+
+
+def publish(args, result: dict, start: float) -> None:
     result["variants"] = [v.__dict__ for v in VARIANTS]
     result["minutes"] = round((time.time() - start) / 60, 1)
     prov = record(seeds={"items": SEED, "noise": SEED, "permutations": SEED, "bootstrap": [SEED + x for x in LAYERS]},
@@ -279,7 +318,7 @@ def main() -> None:
     write_json(args.out, result, provenance=prov)
     plot(result, args.out.with_suffix(".png"), prov)
     p = result["primary"]
-    print(f"N={done}  Spearman(R, R_hat L{PRIMARY_LAYER}) = {p['spearman']} (p {p['p_value']}, 95% CI {p['spearman_ci95']})")
+    print(f"N={result['n_items']}  Spearman(R, R_hat L{PRIMARY_LAYER}) = {p['spearman']} (p {p['p_value']}, 95% CI {p['spearman_ci95']})")
 
 
 if __name__ == "__main__":
