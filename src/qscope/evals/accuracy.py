@@ -95,7 +95,9 @@ def choice_scores(lm: LM, stem: str, choices: Sequence[str], max_length: int = 5
     stem_ids = tok(stem, add_special_tokens=True)["input_ids"][-max_length:]
     conts = [tok(" " + str(c).strip(), add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for c in choices]
     dev = lm.device
-    out = lm.model(input_ids=torch.tensor([stem_ids], device=dev), use_cache=True)
+    # Only the stem's last position is scored: skip the vocabulary projection everywhere else
+    # (for large vocabularies, e.g. Gemma's 262k, that projection outweighs the decoder).
+    out = lm.model(input_ids=torch.tensor([stem_ids], device=dev), use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[0, -1].float(), -1)
     cache = out.past_key_values
     cache.batch_repeat_interleave(len(choices))
