@@ -42,6 +42,12 @@ unchanged, so the "Continue this text" format is reached only through what the p
 language features. Same arms, seeds, primary comparison (SASFT 1e-3 vs SFT, McNemar over the
 (seed, prompt) pairs of the seeds run, Holm with the two secondaries) and success rule.
 
+Third design (`--switcher-steps 400 --arm-lr 2e-4 --design other-context`), after plain SFT in the
+second design also left 1/400: the switch made by 80 LoRA steps is erased by any further 80-step
+SFT, whatever its data. Here the switching model trains 5x longer and the arms at a 5x lower
+learning rate, so that a switching prior survives plain SFT and there is something for the penalty
+to remove. Same arms, seeds, primary comparison and success rule as above.
+
 Prerequisite: an SAE for layer 23 (only 6/15/24 ship), trained with the recipe of
 docs/default-saes.md (`qscope train --model default --layers 23 ...`), passed as
 `--sae-path 23=<folder>`.
@@ -52,6 +58,8 @@ docs/default-saes.md (`qscope train --model default --layers 23 ...`), passed as
         --docs-name sasft_codeswitch_smoke                                                # a smoke run
     .venv/bin/python experiments/sasft_codeswitch.py --layers 24 --top 4 --design other-context \\
         --out experiments/runs/sasft-l24-other --docs-name sasft_l_reduce_l24_other       # the second design, layer 24
+    .venv/bin/python experiments/sasft_codeswitch.py --layers 24 --top 4 --design other-context --switcher-steps 400 \\
+        --arm-lr 2e-4 --out experiments/runs/sasft-l24-persistent --docs-name sasft_l_reduce_l24_persistent  # the third
 
 Each finished cell (arm x seed) is cached in <out>/cells.json and skipped on a rerun; the
 summary lands in docs/posttrain/<docs-name>.json with provenance.
@@ -159,7 +167,8 @@ def switching_model(out: Path, data: dict, args) -> Path:
     folder = out / "models" / "switcher"
     if not (folder / "config.json").exists():
         lm = load_model("default", dtype="float32")
-        cfg = SASFTConfig(lam=0.0, lr=args.lr, steps=args.steps, batch=args.batch, seed=0, max_length=args.max_length)
+        cfg = SASFTConfig(lam=0.0, lr=args.lr, steps=args.switcher_steps or args.steps, batch=args.batch, seed=0,
+                          max_length=args.max_length)
         train_and_save(lm, {}, data["switch_train"], cfg, folder, "switcher")
     return folder
 
@@ -201,7 +210,7 @@ def probe_switch_prompts(out: Path, switcher: Path, data: dict, n_tokens: int) -
 
 
 def arm_config(arm: str, feats: LanguageFeatureSet, ul_ids: list[int], seed: int, args) -> SASFTConfig:
-    common = dict(lang=LANG, lr=args.lr, steps=args.steps, batch=args.batch, seed=seed, max_length=args.max_length)
+    common = dict(lang=LANG, lr=args.arm_lr or args.lr, steps=args.steps, batch=args.batch, seed=seed, max_length=args.max_length)
     if arm == "sft":
         return SASFTConfig(lam=0.0, **common)
     if arm == "unlikelihood":
@@ -274,6 +283,8 @@ def main():
     ap.add_argument("--design", choices=("same-context", "other-context"), default="same-context",
                     help="same-context: the English SFT pairs share the evaluation's 'Continue this text' format and include "
                          "the switching model's own switch prompts; other-context: English pairs of another task only")
+    ap.add_argument("--switcher-steps", type=int, default=0, help="steps of the switching model's SFT (0: --steps)")
+    ap.add_argument("--arm-lr", type=float, default=0.0, help="learning rate of the arms (0: --lr)")
     ap.add_argument("--top", type=int, default=2, help="features per layer (4 with one layer keeps the paper's 4 features)")
     ap.add_argument("--sae-path", action="append", default=[], help="LAYER=FOLDER for a layer without a shipped SAE")
     ap.add_argument("--steps", type=int, default=80)
