@@ -35,8 +35,10 @@ def sync(device: torch.device | str) -> None:
 
 
 def matmul_gflop_s(dtype: torch.dtype, device: str = "cpu", shape: tuple[int, int, int] = MATMUL_SHAPE,
-                   repeats: int = 5, warmup: int = 2) -> float:
-    """Median GFLOP/s (2 m k n per call) of one dense matmul in `dtype` on `device`."""
+                   repeats: int = 5, warmup: int = 2, clock=time.perf_counter) -> float:
+    """Median GFLOP/s (2 m k n per call) of one dense matmul in `dtype` on `device`; per second of
+    `clock` (wall time by default; `time.process_time` gives GFLOP per CPU-second of this process,
+    which other jobs on a shared machine distort far less)."""
     m, k, n = shape
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype)
@@ -45,11 +47,11 @@ def matmul_gflop_s(dtype: torch.dtype, device: str = "cpu", shape: tuple[int, in
     with torch.no_grad():
         for i in range(warmup + repeats):
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             a @ b
             sync(device)
             if i >= warmup:
-                times.append(time.perf_counter() - start)
+                times.append(clock() - start)
     return 2 * m * k * n / statistics.median(times) / 1e9
 
 
@@ -61,6 +63,7 @@ def describe(device: str = "cpu") -> dict:
     return {
         "cpu": cpu_name(), "cores": os.cpu_count(), "flags": cpu_flags(),
         "torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
         "threads": torch.get_num_threads(), "python": platform.python_version(), "device": str(dev),
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "auto_dtype": choice.name, "auto_dtype_why": choice.why,
@@ -76,7 +79,8 @@ def print_machine(info: dict, file=sys.stdout) -> None:
     flags = " ".join(f"{flag}:{'yes' if info['flags'][flag] else 'no'}" for flag in MATRIX_FLAGS)
     rates = info["matmul_gflop_s"]
     where = info["gpu"] or f"{info['cpu']}, {info['cores']} cores, {info['threads']} torch threads"
-    print(f"machine: {where}; torch {info['torch']} ({info['torch_cpu_capability']})", file=file)
+    print(f"machine: {where}; torch {info['torch']} ({info['torch_cpu_capability']}, "
+          f"oneDNN {'yes' if info.get('mkldnn') else 'no'})", file=file)
     print(f"  CPU flags: {flags}", file=file)
     print(f"  matmul {'x'.join(map(str, info['matmul_shape']))} on {info['device']}: fp32 {rates['float32']:.0f} GFLOP/s, "
           f"bf16 {rates['bfloat16']:.0f} GFLOP/s ({rates['bfloat16'] / rates['float32']:.2f}x); "

@@ -22,9 +22,12 @@ How each trainer is driven (none is given an LM):
 
 Each trainer's tokens/s is also given as a share of the encode limit: the machine's measured
 fp32 (and bf16) matmul rate (bench/machine.py) divided by one dense encode matmul per token,
-2 x d_model x d_sae multiply-adds.
+2 x d_model x d_sae multiply-adds. Each worker also measures that limit itself, in CPU time
+and with its own threads, just before training (`encode_limit_tokens_per_cpu_s`): tokens per
+CPU-second over that is the share a loaded machine distorts least (`share_of_encode_limit_cpu`).
+`qscope-bf16` is the same trainer with `matmul="bf16"` (bf16 encoder matmul, fp32 weights and Adam).
 
-Usage: python bench/train_speed.py [--tokens 400k] [--trainers qscope,sparsify,saelens,qscope-e2e]
+Usage: python bench/train_speed.py [--tokens 400k] [--trainers qscope,qscope-bf16,sparsify,saelens,qscope-e2e]
        [--device cuda] [--synthetic] [--out FILE]
 Writes bench/results/train_speed.json (or FILE).
 """
@@ -49,7 +52,7 @@ D_SAE = D_MODEL * EXPANSION
 LR = 2e-4 / (D_SAE / 2**14) ** 0.5
 HOLDOUT_SHARDS = 2
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
-TRAINERS = ("qscope", "sparsify", "saelens", "qscope-e2e")  # also: qscope-bf16 (bf16 encoder matmul)
+TRAINERS = ("qscope", "qscope-bf16", "sparsify", "saelens", "qscope-e2e")
 
 
 # --------------------------------------------------------------------------- data
@@ -340,6 +343,7 @@ def worker(name: str, folder: Path, tokens: int, out: Path, device: str = "cpu")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    limits_cpu = encode_limits_cpu(device)
     mem0 = torch.cuda.memory_allocated() if cuda else rss_bytes()
     load0 = os.getloadavg()[0]
     start = time.perf_counter()
@@ -371,7 +375,19 @@ def worker(name: str, folder: Path, tokens: int, out: Path, device: str = "cpu")
             "peak_mem_growth_mb": round(grown / 2**20, 1), "memory": "cuda allocated" if cuda else "process RSS",
             "heldout_fvu": round(fvu, 5),
             "heldout_l0": round(l0, 2), "heldout_tokens": int(held.shape[0]),
-            "load_average_1m_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)], **extra}
+            "load_average_1m_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
+            "encode_limit_tokens_per_cpu_s": limits_cpu,
+            "share_of_encode_limit_cpu": round(clock.tokens_per_cpu_s() / limits_cpu["float32"], 3), **extra}
+
+
+def encode_limits_cpu(device: str) -> dict[str, float]:
+    """Tokens per CPU-second of this process at one dense encode matmul per token, fp32 and bf16,
+    measured here with this worker's threads (CPU time: other jobs distort it far less)."""
+    from machine import matmul_gflop_s
+
+    flops = 2 * D_MODEL * D_SAE
+    return {name: round(matmul_gflop_s(dtype, device, clock=time.process_time) * 1e9 / flops, 1)
+            for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
 
 
 # --------------------------------------------------------------------------- main
@@ -397,6 +413,7 @@ def main() -> None:
     ap.add_argument("--scratch", help=argparse.SUPPRESS)
     args = ap.parse_args()
     tokens = parse_count(args.tokens)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.worker:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -404,7 +421,6 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from machine import describe, print_machine, share
 
     machine = describe(args.device)
@@ -464,12 +480,14 @@ def main() -> None:
     print_table(rows)
     print(f"encode limit (one dense {D_MODEL} x {D_SAE} matmul per token): "
           + ", ".join(f"{name} {limit:,.0f} tokens/s" for name, limit in limits.items()))
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} "
+          f"on {os.cpu_count()} cores")
     print(f"\nwritten {target}")
 
 
 def print_table(rows: list[dict]) -> None:
     head = (f"{'trainer':<12} {'tok/s':>9} {'of fp32 lim':>11} {'qscope x':>9} {'tok/cpu-s':>10} {'qscope x':>9} "
-            f"{'+mem MB':>8} {'FVU':>8} {'L0':>6}  how")
+            f"{'of lim cpu':>10} {'+mem MB':>8} {'FVU':>8} {'L0':>6}  how")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -479,7 +497,7 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['trainer']:<12} {r['tokens_per_s']:>9.0f} {r['share_of_encode_limit']['float32']:>11.0%} "
               f"{r.get('qscope_speedup_vs_this', float('nan')):>9.2f} "
               f"{r['tokens_per_cpu_s']:>10.0f} {r.get('qscope_speedup_vs_this_cpu_time', float('nan')):>9.2f} "
-              f"{r['peak_mem_growth_mb']:>8.0f} {r['heldout_fvu']:>8.4f} {r['heldout_l0']:>6.1f}  {r['how']}")
+              f"{r['share_of_encode_limit_cpu']:>10.0%} {r['peak_mem_growth_mb']:>8.0f} {r['heldout_fvu']:>8.4f} {r['heldout_l0']:>6.1f}  {r['how']}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,23 @@ def test_topk_is_qwen_scope_encode():
     assert torch.allclose(torch.zeros(10, 64).scatter(-1, i, v), want, atol=1e-6)
 
 
+@pytest.mark.parametrize("width,k", [(9216, 50), (512, 4), (96, 3), (100, 7)])
+def test_staged_top_k_equals_torch_topk(width, k):
+    """`top_k`'s staged selection (used where rows are wide) keeps exactly torch.topk's values,
+    ties included (small integers make many), at distinct indices that hold those values."""
+    from qscope.sae.activations import top_k
+
+    gen = torch.Generator().manual_seed(width + k)
+    for pre in (torch.randn(3, 5, width, generator=gen), torch.randint(-4, 5, (40, width), generator=gen).float(),
+                torch.randn(6, width, generator=gen).bfloat16()):
+        vals, idx = top_k(pre, k)
+        assert vals.shape == idx.shape == (*pre.shape[:-1], k)
+        want = pre.topk(k, dim=-1).values
+        assert torch.equal(vals.sort(-1, descending=True).values, want)
+        assert torch.equal(pre.gather(-1, idx), vals)
+        assert (idx.sort(-1).values.diff(dim=-1) > 0).all()  # distinct
+
+
 def test_topk_relu_zeroes_negative_kept_values():
     sae = make_sae()
     with torch.no_grad():

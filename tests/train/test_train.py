@@ -31,7 +31,7 @@ from qscope.train import (
     sparse_encode,
     write_cache,
 )
-from qscope.train.topk import auxk_loss, fvu, scatter_rows
+from qscope.train.topk import auxk_loss, fvu, group_by_latent, sampled_dots, scatter_rows
 from qscope.train.trainer import merge_for_resume
 
 TEXTS = [s + " " + t for s in tiny.SENTENCES for t in tiny.SENTENCES]
@@ -91,6 +91,65 @@ def test_gpu_style_backward_equals_dense_reference_on_cpu(monkeypatch):
     test_sparse_backward_equals_dense_reference_float64()
 
 
+def _float32_problem(n=600, d=16, s=512, seed=3):
+    """Wide enough (s = 512, k = 4) for the staged top-k, and n > ENCODE_CHUNK rows (two chunks)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen) + 0.5
+    W_enc = (torch.randn(d, s, generator=gen) / 4).requires_grad_()
+    b_enc = (0.1 * torch.randn(s, generator=gen)).requires_grad_()
+    W_dec = (torch.randn(s, d, generator=gen) / 4).requires_grad_()
+    return x, W_enc, b_enc, W_dec
+
+
+def _sparse_loss_grads(x, W_enc, b_enc, W_dec, dead, matmul="fp32"):
+    vals, idx, aux_vals, aux_idx = sparse_encode(x, W_enc, b_enc, 4, dead, 6, matmul)
+    x_hat = sparse_decode(vals, idx, W_dec)
+    loss = fvu(x, x_hat) + 0.5 * auxk_loss(x - x_hat, sparse_decode(aux_vals, aux_idx, W_dec))
+    return torch.autograd.grad(loss, [W_enc, b_enc, W_dec]), idx
+
+
+def test_sparse_gradient_path_equals_dense_paths_float32(monkeypatch):
+    """The CPU path (staged top-k, latent-grouped weight gradients, sampled dot products) gives
+    the gradients of plain autograd through dense codes, and of the dense CUDA-style path,
+    within 1e-5 in float32."""
+    from qscope.train import topk
+
+    x, W_enc, b_enc, W_dec = _float32_problem()
+    dead = torch.arange(0, 512, 3)
+    ours, idx = _sparse_loss_grads(x, W_enc, b_enc, W_dec, dead)
+    ref = torch.autograd.grad(_dense_reference(x, W_enc, b_enc, W_dec, 4, dead, 6), [W_enc, b_enc, W_dec])
+    monkeypatch.setattr(topk, "dense_backward", lambda t: True)
+    dense, _ = _sparse_loss_grads(x, W_enc, b_enc, W_dec, dead)
+    assert idx.shape == (600, 4)
+    for g, r, d in zip(ours, ref, dense):
+        assert g.abs().max() > 1e-4  # not vacuous
+        assert torch.allclose(g, r, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(g, d, rtol=1e-4, atol=1e-5)
+
+
+def test_latent_grouped_products_match_direct_sums():
+    gen = torch.Generator().manual_seed(4)
+    idx = torch.rand(20, 40, generator=gen).topk(6, dim=1).indices  # distinct latents per token
+    coeff, rows, table = torch.randn(20, 6, generator=gen), torch.randn(20, 5, generator=gen), torch.randn(40, 5, generator=gen)
+    groups = group_by_latent(idx, 40)
+    assert torch.allclose(sampled_dots(groups, table, rows), (table[idx] * rows[:, None, :]).sum(-1), atol=1e-5)
+    assert torch.equal(groups.starts[1:] - groups.starts[:-1], torch.bincount(idx.reshape(-1), minlength=40))
+
+
+def test_bf16_matmul_picks_latents_and_keeps_exact_values():
+    """matmul="bf16": the kept latents' values are the fp32 pre-activations (ReLU'd), the
+    gradients flow in fp32, and most latents agree with the fp32 choice."""
+    x, W_enc, b_enc, W_dec = _float32_problem()
+    vals, idx, _, _ = sparse_encode(x, W_enc, b_enc, 4, matmul="bf16")
+    exact = (x @ W_enc + b_enc).gather(1, idx).relu()
+    assert vals.dtype == torch.float32 and torch.allclose(vals, exact, atol=1e-5)
+    _, idx32, _, _ = sparse_encode(x, W_enc, b_enc, 4)
+    same = (idx.sort(1).values == idx32.sort(1).values).all(1).float().mean()
+    assert same > 0.8
+    grads, _ = _sparse_loss_grads(x, W_enc, b_enc, W_dec, torch.arange(0, 512, 3), "bf16")
+    assert all(g.dtype == torch.float32 and g.abs().max() > 0 for g in grads)
+
+
 def test_sparse_functions_pass_gradcheck():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(10, 6, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -110,7 +169,7 @@ def test_scatter_rows_matches_index_add():
     idx = torch.randint(0, 30, (16, 5), generator=gen)
     coeff, rows = torch.randn(16, 5, generator=gen), torch.randn(16, 7, generator=gen)
     ref = torch.zeros(30, 7).index_add_(0, idx.reshape(-1), (coeff[..., None] * rows[:, None, :]).reshape(-1, 7))
-    assert torch.allclose(scatter_rows(idx, coeff, rows, 30), ref, atol=1e-5)
+    assert torch.allclose(scatter_rows(group_by_latent(idx, 30), coeff, rows), ref, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- trainer step
@@ -140,6 +199,26 @@ def test_step_reduces_loss_keeps_l0_k_and_unit_decoder_rows():
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
     _, idx = sae.encode_topk(data(8, gen))
     assert idx.shape == (8, 4)
+
+
+def _fvu_after_training(matmul: str, steps: int = 150) -> float:
+    data = _dictionary_data(d=32, m=256)
+    sae = SAE.random(SAEConfig(d_model=32, d_sae=512, k=8), seed=0)
+    trainer = TopKTrainer(sae, k=8, lr=5e-3, dead_after_tokens=2048, matmul=matmul)
+    gen = torch.Generator().manual_seed(0)
+    trainer.init_from_batch(data(256, gen))
+    for _ in range(steps):
+        trainer.step(data(256, gen))
+    held = data(2048, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        return float(fvu(held, sae.decode_sparse(*sae.encode_topk(held))))
+
+
+def test_bf16_matmul_trains_to_the_fp32_fvu():
+    fp32, bf16 = _fvu_after_training("fp32"), _fvu_after_training("bf16")
+    start = _fvu_after_training("fp32", steps=0)
+    assert fp32 < 0.6 * start  # it trained
+    assert abs(bf16 - fp32) < 0.005
 
 
 def _auxk_case(alpha: float) -> tuple[float, float]:

@@ -108,7 +108,7 @@ class SAE(nn.Module):
             stop = min(start + ENCODE_CHUNK, n)
             pre = buf[: stop - start]
             torch.addmm(self.b_enc, x[start:stop], self.W_enc, out=pre)
-            torch.topk(pre, k, dim=-1, sorted=False, out=(values[start:stop], indices[start:stop]))
+            values[start:stop], indices[start:stop] = act.top_k(pre, k)
         return values.relu_().reshape(*lead, k), indices.reshape(*lead, k)
 
     def _chunkable(self, x: torch.Tensor) -> bool:
