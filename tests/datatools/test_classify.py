@@ -170,6 +170,7 @@ def test_corpus_classification_resumes_exactly(lm, saes, tmp_path):
         classify_stream(lm, saes, FeatureClassifier([SelectedFeature(2, 1, 0, 0, 0)]), texts, part)
 
 
+@pytest.mark.slow
 def test_ray_actor_pool_matches_streaming(lm, saes, tmp_path):
     from qscope.datatools.scale import classify_ray, given, ray_available
 

@@ -30,6 +30,7 @@ def _json(args):
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_demo_runs_on_the_shipped_default():
     out = _json(["demo", TEXT, "--json", "--top", "5"])
     assert "SmolLM2-135M" in out["model"] and out["sae"] == "default layer 15"

@@ -58,6 +58,7 @@ def _hash(pg) -> str:
     return json.loads(pg.evaluate("JSON.stringify(location.hash)"))
 
 
+@pytest.mark.slow
 def test_browse_pages_filters_and_labels(page, live_url, tmp_path):  # noqa: F811
     pg = page
     pg.goto(live_url + "/#/features")
@@ -252,6 +253,7 @@ def test_compare_page_and_link(page, live_url, tmp_path):  # noqa: F811
     assert _hash(pg).startswith("#/compare?a=") and pg.title() == "Compare texts · qscope"
 
 
+@pytest.mark.slow
 def test_not_found_favicon_docs_and_one_request_per_click(page, live_url):  # noqa: F811
     pg = page
     pg.goto(live_url + "/#/nonsense")
@@ -277,6 +279,7 @@ PHONE_PAGES = ["#/features", "#/feature/2/7", "#/feature/1/5", "#/inspect?layer=
                "#/steer?layer=2&edits=3:20", "#/compare?a=The%20cat%20sat.&b=def%20f()%3A%20pass", "#/nope"]
 
 
+@pytest.mark.slow
 def test_phone_layout_has_no_sideways_scroll(browser, live_url, tmp_path):  # noqa: F811
     pg = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
     pg.set_default_timeout(30_000)
