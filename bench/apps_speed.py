@@ -6,9 +6,9 @@
 Each path is the library call its CLI command makes once the model is loaded (loading is not timed):
 - features build   `qscope features build --layer 15 --n-texts N --max-length T`: `build_store` over the
   first N texts of the default mix, into a fresh store -> tokens/s;
-- evals footprint  `qscope evals footprint arc_easy --layer 15 --limit N`: `compute_footprint` with a
+- evals footprint  `qscope evals footprint arc_easy --layer 15 --limit N`: `run_footprint` with a
   fresh item cache -> items/s;
-- uncertainty label `qscope uncertainty label arc_easy --limit N`: `build_labelled_set` (letter
+- uncertainty label `qscope uncertainty label arc_easy --limit N`: `run_label` (letter
   scoring) with a fresh item cache -> items/s;
 - steer eval       `qscope steer eval --layer 15 -f 100 --strengths 0,20 --limit P`: `evaluate_steering`
   -> answers/s, counting every generation (the 8 neutral prompts + P prompts x 2 strengths).
@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 from machine import describe, dtype_name, print_machine  # noqa: E402
 from qscope.data.benchmarks import load_benchmark, resume_order  # noqa: E402
 from qscope.data.mix import mix_records  # noqa: E402
-from qscope.evals.footprint import FootprintConfig, compute_footprint  # noqa: E402
+from qscope.evals.footprint import FootprintConfig, run_footprint  # noqa: E402
 from qscope.features.store import build_store  # noqa: E402
 from qscope.features.store.layout import SCHEMA, connect  # noqa: E402
 from qscope.io import write_json  # noqa: E402
@@ -65,7 +65,7 @@ from qscope.model.loading import pick_dtype  # noqa: E402
 from qscope.provenance import record  # noqa: E402
 from qscope.steer import Steering  # noqa: E402
 from qscope.steer.evaluate import NEUTRAL_PROMPTS, evaluate_steering, n_generations  # noqa: E402
-from qscope.uncertainty import LabelConfig, build_labelled_set  # noqa: E402
+from qscope.uncertainty import LabelConfig, run_label  # noqa: E402
 
 BATCH = 8  # every path's CLI default
 BENCHMARK = "arc_easy"
@@ -148,7 +148,7 @@ class Footprint:
 
     def run(self, lm, sae, label: str) -> int:
         cfg = FootprintConfig(layer=self.layer)
-        compute_footprint(lm, sae, self.items, cfg, BENCHMARK, cache=Path(tempfile.mkdtemp(dir=self.scratch)))
+        run_footprint(lm, [sae], {BENCHMARK: self.items}, cfg, cache=Path(tempfile.mkdtemp(dir=self.scratch)))
         return len(self.items)
 
     def floor(self, lm, label: str) -> Floor:
@@ -168,7 +168,7 @@ class UncertaintyLabel:
         self.command = f"qscope uncertainty label {BENCHMARK} --limit {args.items}"
 
     def run(self, lm, sae, label: str) -> int:
-        build_labelled_set(lm, self.items, LabelConfig(), BENCHMARK, cache=Path(tempfile.mkdtemp(dir=self.scratch)))
+        run_label(lm, self.items, LabelConfig(), BENCHMARK, cache=Path(tempfile.mkdtemp(dir=self.scratch)))
         return len(self.items)
 
     def floor(self, lm, label: str) -> Floor:

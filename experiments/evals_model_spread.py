@@ -46,7 +46,7 @@ from scipy.stats import spearmanr
 
 from qscope.data.benchmarks import load_benchmark
 from qscope.errors import QScopeError
-from qscope.evals.accuracy import accuracy_matrix, evaluate
+from qscope.evals.accuracy import accuracy_matrix, run_accuracy
 from qscope.evals.footprint import FootprintConfig, compute_footprints
 from qscope.evals.overlap import overlap_matrix
 from qscope.evals.redundancy import coverage_curve, kendall_tau_b, performance_redundancy
@@ -294,7 +294,7 @@ def main() -> None:
             compute_footprints(lm0, [saes[layer] for layer in LAYERS], items[b][:end], fp_cfg, b,
                                cache=CACHE / "footprints")
             for lm in models:
-                evaluate(lm, items[b][:end], benchmark=b, cache=CACHE / "accuracy")
+                run_accuracy(lm, items[b][:end], benchmark=b, cache=CACHE / "accuracy")
         done = end
         print(f"stage {end} items done at {(time.time() - start) / 60:.1f} min", flush=True)
     if done == 0:
@@ -302,7 +302,7 @@ def main() -> None:
 
     acc, footprints, names = {}, {}, None
     for b in BENCHMARKS:
-        results = [evaluate(lm, items[b][:done], benchmark=b, cache=CACHE / "accuracy") for lm in models]
+        results = [run_accuracy(lm, items[b][:done], benchmark=b, cache=CACHE / "accuracy") for lm in models]
         acc[b], _, names = accuracy_matrix(results)
         fps = compute_footprints(lm0, [saes[layer] for layer in LAYERS], items[b][:done], fp_cfg, b,
                                  cache=CACHE / "footprints")
