@@ -29,13 +29,6 @@ class Killed(BaseException):
     """Stands for SIGKILL: not an Exception, so no `except Exception` handler sees it."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):

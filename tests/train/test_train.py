@@ -37,14 +37,6 @@ from qscope.train.trainer import merge_for_resume
 TEXTS = [s + " " + t for s in tiny.SENTENCES for t in tiny.SENTENCES]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: one thread avoids OpenMP overhead and contention on small CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # --------------------------------------------------------------------------- sparse math
 

@@ -37,13 +37,6 @@ Trainer(cfg, texts=texts, on_step=lambda t: time.sleep(delay)).run()
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _weights(out: Path, layers) -> dict:
     return {layer: load_file(str(out / f"layer{layer}" / "sae_weights.safetensors")) for layer in layers}
