@@ -19,6 +19,7 @@ stopped; results go to docs/steering/*.json|png.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 from pathlib import Path
@@ -116,16 +117,27 @@ What should I pack for a trip?""".splitlines()
 
 
 class JsonCache(dict):
-    """A dict of generations that rewrites its JSON file on every new entry (resume after a kill)."""
+    """A dict of finished cells that rewrites its JSON file on every new entry (resume after a kill).
+
+    Each write re-reads the file under a lock and merges, so two processes that run different cells
+    into the same folder keep each other's entries."""
 
     def __init__(self, path: Path):
         self.path = path
-        super().__init__(json.loads(path.read_text()) if path.exists() else {})
-        self.pop("provenance", None)
+        super().__init__(self._read())
+
+    def _read(self) -> dict:
+        found = json.loads(self.path.read_text()) if self.path.exists() else {}
+        found.pop("provenance", None)
+        return found
 
     def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        write_json(self.path, dict(self), provenance=record())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.update(self._read())
+            super().__setitem__(key, value)
+            write_json(self.path, dict(self), provenance=record())
 
 
 def corpus_texts(name: str, lang: str | None = None, n: int = 48, max_chars: int = 600) -> list[str]:

@@ -79,12 +79,12 @@ def test_browse_pages_filters_and_labels(page, live_url, tmp_path):  # noqa: F81
     assert "page=2" in _hash(pg) and pg.inner_text("#browse-info").startswith("26–")
     pg.select_option("#browse-order", "rare")
     pg.wait_for_function("location.hash.includes('order=rare') && !location.hash.includes('page=')")
-    pg.wait_for_selector("#browse-list a.feat")
+    pg.wait_for_selector("#browse-list:not([aria-busy]) a.feat")
     label = pg.locator("#browse-list .label").first.inner_text().split(";")[0].split()[-1]
     pg.fill("#browse-q", label)
     pg.press("#browse-q", "Enter")
     pg.wait_for_function("location.hash.includes('q=')")
-    pg.wait_for_selector("#browse-list a.feat")
+    pg.wait_for_selector("#browse-list:not([aria-busy]) a.feat")
     assert all(label.lower() in t.lower() for t in pg.locator("#browse-list .label").all_inner_texts())
     shared = pg.url
     pg.goto(live_url + "/#/inspect")

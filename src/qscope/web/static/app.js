@@ -226,6 +226,7 @@ pages.features = (view, args, query) => {
     const state = { layer: stored.some(l => String(l.layer) === String(layer)) ? layer : stored[0].layer, order: query.get("order") || "frequent",
       q: query.get("q") || "", page: Math.max(0, (+query.get("page") || 1) - 1), dense: query.get("dense") === "1" };
     const N = 25;
+    let loads = 0;
     const prev = h("button", { type: "button", class: "secondary", id: "browse-prev", onclick: () => { state.page--; load(); } }, "← previous");
     const next = h("button", { type: "button", class: "secondary", id: "browse-next", onclick: () => { state.page++; load(); } }, "next →");
     const controls = h("div", { class: "controls" },
@@ -239,8 +240,11 @@ pages.features = (view, args, query) => {
       if (!state.dense) params.set("max_density", DENSE);
       if (state.q) params.set("q", state.q);
       prev.disabled = next.disabled = true;
+      const mine = ++loads;  // a slower earlier answer must not overwrite a newer one
+      list.setAttribute("aria-busy", "true");
       try {
         const r = await api(`/api/browse/${state.layer}?${params}`);
+        if (mine !== loads) return;
         const from = r.total ? state.page * N + 1 : 0, to = state.page * N + r.rows.length;
         info.textContent = `${from}–${to} of ${r.total.toLocaleString()} features that fired${state.dense ? "" : " (dense ones hidden)"}`;
         if (!state.dense && state.q) {  // a label search should not hide what it found: say how many dense features match
@@ -249,9 +253,11 @@ pages.features = (view, args, query) => {
             onclick: () => { $("#browse-dense").checked = true; state.dense = true; state.page = 0; load(); } },
             `show ${all.total - r.total} dense ${all.total - r.total === 1 ? "feature" : "features"} that match`));
         }
+        if (mine !== loads) return;
         list.replaceChildren(r.rows.length ? featureTable(state.layer, r.rows, [["max act", "max_act"]]) : h("p", { class: "muted" }, "no feature matches"));
         prev.disabled = state.page === 0; next.disabled = to >= r.total;
-      } catch (err) { showError(list, err); }
+      } catch (err) { if (mine === loads) showError(list, err); }
+      if (mine === loads) list.removeAttribute("aria-busy");
     };
     controls.addEventListener("change", e => {
       state.layer = $("#browse-layer").value; state.order = $("#browse-order").value; state.dense = $("#browse-dense").checked;
