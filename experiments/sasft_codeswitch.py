@@ -68,6 +68,7 @@ summary lands in docs/posttrain/<docs-name>.json with provenance.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import random
 import re
@@ -160,6 +161,18 @@ def train_and_save(lm, saes, examples, cfg: SASFTConfig, folder: Path, label: st
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
     return res
+
+
+def claim_cell(out: Path, key: str):
+    """An exclusive lock on one cell (None: another process runs it); the OS drops it if we die."""
+    (out / "claims").mkdir(parents=True, exist_ok=True)
+    handle = open(out / "claims" / (key.replace("/", "_") + ".lock"), "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def switching_model(out: Path, data: dict, args) -> Path:
@@ -341,8 +354,13 @@ def main():
     for seed in seeds:  # seed-major: an interrupted run leaves whole seeds (every arm) to compare
         for arm in arms:
             key = f"{arm}/seed{seed}"
+            cells.refresh()  # another process may run other cells into the same folder
             if key in cells:
                 print("cached", key, cells[key]["code_switch_rate"], flush=True)
+                continue
+            claim = claim_cell(out, key)
+            if claim is None:
+                print("running elsewhere", key, flush=True)
                 continue
             t1, c1 = time.time(), time.process_time()
             lm = load_model(str(switcher), dtype="float32")
@@ -356,6 +374,7 @@ def main():
                           "l_reduce_first_last": [res.history[0]["l_reduce"], res.final["l_reduce"]],
                           "seconds_train": round(t_train), "seconds": round(time.time() - t1),
                           "cpu_seconds": round(time.process_time() - c1)}
+            claim.close()
             print("done", key, cell["code_switch_rate"], f"{time.time() - t1:.0f}s", flush=True)
     summary = {"setup": {**{k: v for k, v in vars(args).items() if k not in ("out", "threads")}, "lang": LANG, "lora_r": 16,
                          "sampling_seed": SAMPLING_SEED, "temperature": 0.8, "n_switch_prompts": len(switch_prompts),

@@ -131,11 +131,15 @@ class JsonCache(dict):
         found.pop("provenance", None)
         return found
 
+    def refresh(self) -> None:
+        """Take in the cells another process has written since."""
+        self.update(self._read())
+
     def __setitem__(self, key, value):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self.update(self._read())
+            self.refresh()
             super().__setitem__(key, value)
             write_json(self.path, dict(self), provenance=record())
 
