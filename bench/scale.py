@@ -42,7 +42,6 @@ sys.path.insert(0, str(ROOT.parent / "tests"))
 from qscope.io import write_json  # noqa: E402
 from qscope.model import LM  # noqa: E402
 from qscope.plan import Workload, arch_from_config, hardware, plan, transformers_config  # noqa: E402
-from qscope.plan.estimate import BYTES  # noqa: E402
 from qscope.sae import SAE, SAEConfig  # noqa: E402
 from qscope.sae.registry import find_release  # noqa: E402
 from qscope.steer import FeatureEdit, Steering  # noqa: E402

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from tiny import SENTENCES, permuted_sae
 
 from qscope import SAE, SAEConfig

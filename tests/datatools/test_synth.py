@@ -1,9 +1,7 @@
 """Feature-driven synthesis: coverage arithmetic, keep-only-if-fires, random baseline budget,
 local steered generation and an OpenAI-compatible endpoint (a fake local HTTP server)."""
 
-import http.server
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from qscope.datatools.synth import (
 )
 from qscope.datatools.synth_runs import SynthConfig, run_coverage, run_synthesis
 from qscope.errors import QScopeError
+from fake_llm import FakeChat
 from test_classify import NEG, POS, planted_sae
 
 
@@ -103,39 +102,20 @@ def test_local_steered_generation_batches_targets(lm, sae):
     assert rows[0] != rows[1]
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    seen: list = []
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.seen.append((self.path, self.headers.get("Authorization"), body))
-        prompt = body["messages"][0]["content"]
-        text = "The cat sat on the mat." if "feature five" in prompt else "The dog sat on the mat."
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture()
 def server():
-    srv = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_port}/v1"
-    srv.shutdown()
+    def reply(body):
+        return "The cat sat on the mat." if "feature five" in body["messages"][0]["content"] else "The dog sat on the mat."
+
+    with FakeChat(reply) as llm:
+        yield llm
 
 
 def test_endpoint_generator_against_fake_server(lm, sae, server):
-    gen = Endpoint(server, "fake-model", describe=lambda f: "feature five" if f == 5 else "other", api_key="k")
+    gen = Endpoint(server.url, "fake-model", describe=lambda f: "feature five" if f == 5 else "other", api_key="k")
     result = run_synthesis(lm, sae, NEG, [5, 6], SynthConfig(per_target=2), generator=gen)
-    report, synth, rand = result.report, result.synthesised, result.random
-    path, auth, body = _Handler.seen[0]
+    report, synth = result.report, result.synthesised
+    path, auth, body = server.requests[0]
     assert path == "/v1/chat/completions" and auth == "Bearer k" and body["model"] == "fake-model"
     assert [c.kept for c in synth] == [True, True, False, False] and synth[0].generator == "endpoint:fake-model"
     assert report.feature_driven["coverage_of_uncovered"] == 0.5 and report.random["coverage_of_uncovered"] == 0.0

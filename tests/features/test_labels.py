@@ -10,6 +10,7 @@ import torch
 from qscope import SAE, SAEConfig
 from qscope.features.labels import AUTO, auto_label, context_kind, text_languages
 from qscope.features.store import FeatureStore, build_store
+from fake_llm import FakeChat
 from tiny import SENTENCES
 
 FRENCH = "Le chat est sur la table et il dort avec le chien de la maison."
@@ -87,42 +88,16 @@ def test_store_without_labels_still_opens_and_gets_them(built, tmp_path):
 def test_explain_all_batches_resumes_and_stores_the_source(built, monkeypatch):
     """`explain --all` through the openai client against a stand-in server: every fired feature
     once, the model's name as source, a rerun asks for nothing new."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from qscope.features.explain import explain_all
 
-    asked = []
-
-    class Fake(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            asked.append(body["model"])
-            data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": "tiny pattern"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/v1"
-    try:
+    with FakeChat(lambda body: "tiny pattern") as llm:
         fired = int((built.feature_table()["fires"] > 0).sum())
         seen = []
-        added = explain_all(built, url, "llm-a", batch_size=3, progress=lambda n, total: seen.append((n, total)))
-        assert len(added) == len(asked) == fired and seen[-1] == (fired, fired)
+        added = explain_all(built, llm.url, "llm-a", batch_size=3, progress=lambda n, total: seen.append((n, total)))
+        assert len(added) == len(llm.requests) == fired and seen[-1] == (fired, fired)
+        assert {body["model"] for _, _, body in llm.requests} == {"llm-a"}
         assert {e.source for e in added} == {"llm-a"} and built.labels([added[0].feature])[added[0].feature].source == "llm-a"
-        assert explain_all(built, url, "llm-a") == [] and len(asked) == fired  # resumed: nothing asked again
-    finally:
-        server.shutdown()
+        assert explain_all(built, llm.url, "llm-a") == [] and len(llm.requests) == fired  # resumed: nothing asked again
 
 
 FRENCH_TEXTS = ["Le chat dort sur la table de la cuisine pendant que le chien joue dans le jardin.",

@@ -4,8 +4,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from qscope.errors import QScopeError
 from qscope.features.explain import ask_llm, example_text, explain_feature
 from qscope.features.store import FeatureStore, build_store
 from qscope.features.store.layout import HIST_EDGES
+from fake_llm import FakeChat
 from tiny import SENTENCES
 
 LAYER, D_SAE, TOP_N = 2, 96, 5
@@ -219,50 +218,26 @@ def test_explanations_round_trip(store, tmp_path):
         store.add_explanation(7, "   ")
 
 
-class _FakeLLM(BaseHTTPRequestHandler):
-    requests: list = []
-    status = 200
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _FakeLLM.requests.append((self.path, self.headers.get("Authorization"), body))
-        reply = {"choices": [{"message": {"content": "<think>hmm</think>\n\"Sentences about cats.\"\nmore"}}]}
-        data = json.dumps(reply if self.status == 200 else {"error": "boom"}).encode()
-        self.send_response(self.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def fake_llm():
-    server = HTTPServer(("127.0.0.1", 0), _FakeLLM)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _FakeLLM.requests, _FakeLLM.status = [], 200
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
-    server.server_close()
+    with FakeChat(lambda body: '<think>hmm</think>\n"Sentences about cats."\nmore') as llm:
+        yield llm
 
 
 def test_explainer_against_fake_endpoint(store, fake_llm, monkeypatch):
     feature = store.top_features_by_density(1)[0].feature
     monkeypatch.setenv("FAKE_KEY", "sekret")
-    e = explain_feature(store, feature, endpoint=fake_llm, api_model="fake-model", api_key_env="FAKE_KEY")
+    e = explain_feature(store, feature, endpoint=fake_llm.url, api_model="fake-model", api_key_env="FAKE_KEY")
     assert (e.text, e.source) == ("Sentences about cats.", "fake-model")
-    path, auth, body = _FakeLLM.requests[0]
+    path, auth, body = fake_llm.requests[0]
     assert path == "/v1/chat/completions" and auth == "Bearer sekret" and body["model"] == "fake-model"
     prompt = body["messages"][1]["content"]
     top = store.dashboard(feature).top[0]
     assert example_text(top) in prompt and "<<" in prompt
     assert store.dashboard(feature).explanations[-1].text == "Sentences about cats."
-    _FakeLLM.status = 500
+    fake_llm.status = 500
     with pytest.raises(QScopeError, match="HTTP 500"):
-        ask_llm([{"role": "user", "content": "x"}], fake_llm, "fake-model")
+        ask_llm([{"role": "user", "content": "x"}], fake_llm.url, "fake-model")
     with pytest.raises(QScopeError, match="either"):
         explain_feature(store, feature)
 

@@ -5,7 +5,7 @@ import torch
 
 from qscope.model import load, load_model
 from qscope.sae import SAE, SAEConfig
-from tiny import ARCHS, tiny_lm
+from tiny import tiny_lm
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,6 @@ from qscope.steer import FeatureEdit, Steering
 PROMPTS = ["The cat sat on", "def add(a, b):"]
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_lm_copy):
-    return tiny_lm_copy("qwen3", seed=1)
-
-
-@pytest.fixture(scope="module")
-def sae(lm):
-    return SAE.random(SAEConfig(d_model=lm.d_model, d_sae=128, k=8, layer=1), seed=3)
-
 
 def gen(lm, steer=None, **kw):
     return lm.generate(PROMPTS, max_new_tokens=8, steer=steer, **kw)

@@ -6,7 +6,6 @@ import pytest
 import torch
 from tiny import tiny_lm
 
-from qscope import SAE, SAEConfig
 from qscope.errors import QScopeError
 from qscope.steer import Steering
 from qscope.steer.evaluate import (
@@ -21,15 +20,6 @@ from qscope.steer.evaluate import (
 PROMPTS = ["The cat sat on", "def add(a, b):", "Paris is the"]
 NEUTRAL = ["Hello world", "A dog ran"]
 
-
-@pytest.fixture(scope="module")
-def lm(tiny_lm_copy):
-    return tiny_lm_copy("qwen3", seed=1)
-
-
-@pytest.fixture(scope="module")
-def sae(lm):
-    return SAE.random(SAEConfig(d_model=lm.d_model, d_sae=64, k=8, layer=1), seed=3)
 
 
 def test_perplexity_of_uniform_model_is_vocab_size():

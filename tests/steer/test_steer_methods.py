@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from qscope import SAE, SAEConfig
+from qscope import SAE
 from qscope.errors import QScopeError
 from qscope.stats import bootstrap_ratio_interval, wilson_interval
 from qscope.steer import Steering
@@ -24,15 +24,6 @@ POS = ["The cat sat on the mat.", "A dog ran in the park.", "Hello world, this i
 NEG = ["def add(a, b): return a + b", "for i in range(10): print(i)", "Numbers: 1 2 3 4 5", "x = [1, 2, 3]"]
 PROMPTS = ["The cat sat on", "Paris is the", "def add(a, b):"]
 
-
-@pytest.fixture(scope="module")
-def lm(tiny_lm_copy):
-    return tiny_lm_copy("qwen3", seed=1)
-
-
-@pytest.fixture(scope="module")
-def sae(lm):
-    return SAE.random(SAEConfig(d_model=lm.d_model, d_sae=64, k=8, layer=1), seed=3)
 
 
 def test_zero_strength_direction_is_plain_output(lm):

@@ -122,7 +122,7 @@ def test_sparse_gradient_path_equals_dense_paths_float32(monkeypatch):
 def test_latent_grouped_products_match_direct_sums():
     gen = torch.Generator().manual_seed(4)
     idx = torch.rand(20, 40, generator=gen).topk(6, dim=1).indices  # distinct latents per token
-    coeff, rows, table = torch.randn(20, 6, generator=gen), torch.randn(20, 5, generator=gen), torch.randn(40, 5, generator=gen)
+    rows, table = torch.randn(20, 5, generator=gen), torch.randn(40, 5, generator=gen)
     groups = group_by_latent(idx, 40)
     assert torch.allclose(sampled_dots(groups, table, rows), (table[idx] * rows[:, None, :]).sum(-1), atol=1e-5)
     assert torch.equal(groups.starts[1:] - groups.starts[:-1], torch.bincount(idx.reshape(-1), minlength=40))

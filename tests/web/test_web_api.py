@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -19,6 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from qscope import SAE, SAEConfig  # noqa: E402
 from qscope.features.store import build_store  # noqa: E402
 from qscope.web import create_app  # noqa: E402
+from live import live_server  # noqa: E402
 from tiny import SENTENCES, tiny_lm  # noqa: E402
 
 STEER = {"prompt": "The cat", "layer": 2, "edits": [{"feature": 3, "strength": 20}], "max_new_tokens": 6, "chat": False}
@@ -237,27 +235,10 @@ def test_no_endpoint_reads_a_path_it_is_sent(client, tmp_path):
 
 
 # ---------------------------------------------------------------------------- concurrency on loopback
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_url(served):
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(*served), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with live_server(create_app(*served)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_concurrent_requests_equal_sequential(live_url):

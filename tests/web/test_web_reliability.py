@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import select
 import socket
-import threading
 import time
 
 import pytest
@@ -23,6 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from qscope import SAE, SAEConfig  # noqa: E402
 from qscope.web import create_app  # noqa: E402
 from qscope.web import schemas as S  # noqa: E402
+from live import live_server  # noqa: E402
 from tiny import tiny_lm  # noqa: E402
 
 FORWARD_S = 0.04
@@ -54,22 +54,9 @@ def slow():
 
 @pytest.fixture(scope="module")
 def server(slow):
-    import uvicorn
-
     lm, saes, _ = slow
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(lm, saes), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield port
-    srv.should_exit = True
-    thread.join(10)
+    with live_server(create_app(lm, saes)) as port:
+        yield port
 
 
 def _request(port: int, path: str, body: dict, headers: str = "") -> socket.socket:

@@ -235,7 +235,7 @@ def plan(arch: Arch, releases: Sequence[Release], work: Workload, hw: Hardware, 
             for r in releases:
                 mem.append(Term(f"SAE encode {r.repo} (prefill, one layer)", B * T * r.d_sae * s,
                                 f"B·T·D·s = {B}·{T}·{r.d_sae}·{s}", "transient"))
-        times.append(_compute("prefill", arch.forward_flops(B * T, T / 2, logits=B), rate, f"B·T·Σ flops_i(ctx=T/2) + B·2dV"))
+        times.append(_compute("prefill", arch.forward_flops(B * T, T / 2, logits=B), rate, "B·T·Σ flops_i(ctx=T/2) + B·2dV"))
         step_flops = arch.forward_flops(B, T + N / 2, logits=B)
         step_bytes = _decode_bytes(arch, B, b)
         if encodes:
@@ -261,7 +261,7 @@ def plan(arch: Arch, releases: Sequence[Release], work: Workload, hw: Hardware, 
             mem.append(Term(f"SAE step activations {r.repo} (one layer)", work.sae_batch * r.d_sae * 4 * 2,
                             f"batch·D·4·2 (pre-activations + top-k workspace) = {work.sae_batch}·{r.d_sae}·8", "transient"))
             times.append(_compute(f"SAE training {r.repo}", L * work.tokens * (2.0 * d * r.d_sae + 6.0 * (r.k + k_aux) * d),
-                                  rate, f"L·tokens·(2dD + 6·(k + k_aux)·d), k_aux=d/2 (dense encoder GEMM, sparse backward)"))
+                                  rate, "L·tokens·(2dD + 6·(k + k_aux)·d), k_aux=d/2 (dense encoder GEMM, sparse backward)"))
         mem.append(Term("shuffle buffer", L * work.buffer_tokens * d * 4, f"L·buffer·d·4 = {L}·{work.buffer_tokens}·{d}·4"))
         times.insert(0, _compute(f"harvest forward to layer {last}", arch.forward_flops(work.tokens, T / 2, upto=last), rate,
                                  f"tokens·Σ_(i≤{last}) flops_i(ctx=T/2), tokens={work.tokens}"))
