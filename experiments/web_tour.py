@@ -4,7 +4,7 @@ Serves the default model with the shipped SAEs (layers 6, 15, 24) and the given 
 on loopback, then
   --shots DIR   saves every page at 1280 and 390 px wide (Debian chromium via Playwright);
   --times       prints, as a markdown table, the median time of each page's requests
-                (after one warm-up; --repeat per request).
+                (after one warm-up; --repeat per request); --times-json FILE also writes them.
 
     python experiments/web_tour.py --store ~/.cache/qscope/stores/default-default-layer15.sqlite \
         --feature 15/6644 --shots docs/web --times
@@ -80,7 +80,7 @@ def shots(url: str, out: Path, routes) -> None:
         browser.close()
 
 
-def times(url: str, layer: int, feature: int, strength: int, repeat: int) -> None:
+def times(url: str, layer: int, feature: int, strength: int, repeat: int) -> list[dict]:
     import httpx
 
     steer = {"prompt": PROMPT, "layer": layer, "edits": [{"feature": feature, "strength": strength}], "max_new_tokens": 40}
@@ -105,6 +105,7 @@ def times(url: str, layer: int, feature: int, strength: int, repeat: int) -> Non
         ("POST /api/steer (plain + steered, 40 tokens each)", "post", "/api/steer", steer),
         ("GET /docs", "get", "/docs", None),
     ]
+    rows = []
     print("| request | median |\n|---|---|")
     with httpx.Client(base_url=url, timeout=600) as client:
         for name, method, path, body in requests:
@@ -117,7 +118,9 @@ def times(url: str, layer: int, feature: int, strength: int, repeat: int) -> Non
                 if i:
                     spent.append(time.perf_counter() - start)
             med = statistics.median(spent)
+            rows.append({"request": name, "median_s": round(med, 4), "runs": len(spent)})
             print(f"| {name} | {med * 1000:.0f} ms |" if med < 1 else f"| {name} | {med:.1f} s |", flush=True)
+    return rows
 
 
 def main() -> None:
@@ -127,13 +130,23 @@ def main() -> None:
     ap.add_argument("--strength", type=int, default=25)
     ap.add_argument("--shots", type=Path, help="folder for the screenshots")
     ap.add_argument("--times", action="store_true")
+    ap.add_argument("--times-json", type=Path, help="also write the response times here (with provenance)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--port", type=int, default=8765)
     args = ap.parse_args()
     layer, feature = (int(x) for x in args.feature.split("/"))
     url = serve(args.store, args.port)
-    if args.times:
-        times(url, layer, feature, args.strength, args.repeat)
+    if args.times or args.times_json:
+        rows = times(url, layer, feature, args.strength, args.repeat)
+        if args.times_json:
+            import os
+
+            from qscope.io import write_json
+            from qscope.provenance import record
+
+            write_json(args.times_json, {"rows": rows, "stores": args.store, "feature": args.feature,
+                                         "strength": args.strength, "repeat": args.repeat,
+                                         "load_average": os.getloadavg()}, provenance=record())
     if args.shots:
         shots(url, args.shots, pages(layer, feature, args.strength))
 
