@@ -45,6 +45,7 @@ def pages(layer: int, feature: int, strength: int) -> list[tuple[str, str, str]]
 
     return [
         ("features", "#/features", "#browse-list table"),
+        ("features-french", f"#/features?layer={layer}&q=french", "#browse-list:not([aria-busy]) table"),
         ("feature", f"#/feature/{layer}/{feature}", "#top .ctx"),
         ("feature-no-store", f"#/feature/6/{feature}", "#explanation"),
         ("inspect", f"#/inspect?layer={layer}&text={quote(INSPECT)}", "#token-detail table"),
