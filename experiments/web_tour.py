@@ -89,7 +89,7 @@ def times(url: str, layer: int, feature: int, strength: int, repeat: int) -> lis
         ("GET / (page)", "get", "/", None),
         ("GET /static/app.js", "get", "/static/app.js", None),
         ("GET /api/info", "get", "/api/info", None),
-        (f"GET /api/browse/{layer} (25 most frequent, dense hidden)", "get", f"/api/browse/{layer}?max_density=0.01", None),
+        (f"GET /api/browse/{layer} (25 most frequent, dense hidden)", "get", f"/api/browse/{layer}?max_density=0.1", None),
         (f"GET /api/browse/{layer}?q=french (label filter)", "get", f"/api/browse/{layer}?q=french", None),
         (f"GET /api/feature/{layer}/{feature} (store dashboard)", "get", f"/api/feature/{layer}/{feature}", None),
         (f"GET /api/feature/{layer}/{feature}/summary", "get", f"/api/feature/{layer}/{feature}/summary", None),

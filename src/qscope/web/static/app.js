@@ -5,7 +5,7 @@
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
 let INFO = null;
-const DENSE = 0.01;  // features firing on more than 1% of tokens are "dense" (sink / register features)
+const DENSE = 0.1;  // features firing on more than 10% of tokens are "dense" (sink / register features); a language feature may fire on a few %
 
 function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
