@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from qscope.model.hardware import MATRIX_FLAGS, auto_dtype, cpu_flags, cpu_name  # noqa: E402
+from qscope.provenance import record  # noqa: E402
 
 MATMUL_SHAPE = (4096, 576, 9216)  # (tokens, d_model, d_sae) of the default SAEs' encode
 
@@ -56,8 +57,8 @@ def matmul_gflop_s(dtype: torch.dtype, device: str = "cpu", shape: tuple[int, in
 
 
 def describe(device: str = "cpu") -> dict:
-    """CPU model and flags, torch build and threads, the dtype `auto` picks, and the measured
-    fp32 / bf16 matmul rates on `device` (a few seconds)."""
+    """CPU model and flags, torch build and threads, the dtype `auto` picks, the measured
+    fp32 / bf16 matmul rates on `device` (a few seconds), and the run's provenance."""
     dev = torch.device(device)
     choice = auto_dtype(dev.type)
     return {
@@ -72,6 +73,7 @@ def describe(device: str = "cpu") -> dict:
                            for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16))},
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "provenance": record(),  # the command line, commit and whether the tree was clean
     }
 
 
