@@ -29,7 +29,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, print_machine  # noqa: E402
+from machine import add_options, describe, print_machine  # noqa: E402
 from qscope.cli.sae_eval import HELD_OUT, read_texts  # noqa: E402
 from qscope.io import write_json  # noqa: E402
 from qscope.metrics import evaluate_sae  # noqa: E402
@@ -99,12 +99,7 @@ def adam_step_survival(lm, lrs=(1e-5, 1e-4, 1e-3)) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", default="6,15,24")
-    ap.add_argument("--n-texts", type=int, default=64)
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--out", default=str(ROOT / "results" / "bf16_sae.json"))
-    args = ap.parse_args()
+    args = add_options(ap, "bf16_sae", layers="6,15,24", n_texts=64, max_length=256, batch_size=8).parse_args()
 
     machine = describe("cpu")
     print_machine(machine)

@@ -24,46 +24,19 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, forward_limit, print_machine, share  # noqa: E402
+from machine import (  # noqa: E402
+    add_options, describe, forward_limit, interleaved, print_machine, share, summary, token_batch,
+)
 from qscope.io import write_json  # noqa: E402
-from qscope.metrics import SAMPLE_TEXTS  # noqa: E402
 from qscope.model import load_model  # noqa: E402
 from qscope.sae import SAE, SAEConfig  # noqa: E402
 from qscope.sae import activations as act  # noqa: E402
-
-
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of each variant, `repeats` rounds of one call each, after `warmup` rounds."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    with torch.no_grad():
-        for round_ in range(warmup + repeats):
-            for name, fn in variants.items():
-                start = time.perf_counter()
-                fn()
-                elapsed = time.perf_counter() - start
-                if round_ >= warmup:
-                    times[name].append(elapsed)
-    return times
-
-
-def summary(times: list[float]) -> dict[str, float]:
-    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": [round(t, 5) for t in times]}
-
-
-def token_batch(lm, batch: int, seq: int) -> torch.Tensor:
-    """(batch, seq) ids cut from the sample texts (repeated as needed): real text, no padding."""
-    ids: list[int] = []
-    while len(ids) < batch * seq:
-        for text in SAMPLE_TEXTS:
-            ids.extend(lm.tokenizer(text + "\n\n", add_special_tokens=False)["input_ids"])
-    return torch.tensor(ids[: batch * seq]).reshape(batch, seq)
 
 
 def bench_capture(lm, batch: int, seq: int, repeats: int, warmup: int, machine: dict) -> dict:
@@ -123,13 +96,7 @@ def bench_encode(n: int, d_model: int, d_sae: int, k: int, repeats: int, warmup:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--n-acts", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--out", default=str(ROOT / "results" / "capture.json"))
+    add_options(parser, "capture", model="default", batch=8, seq=128, n_acts=4096, repeats=10, warmup=2)
     args = parser.parse_args()
 
     machine = describe("cpu")

@@ -16,39 +16,22 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, forward_limit, print_machine, share  # noqa: E402
+from machine import add_options, describe, forward_limit, interleaved, print_machine, share, token_batch  # noqa: E402
 from qscope.io import write_json  # noqa: E402
-from qscope.metrics import SAMPLE_TEXTS  # noqa: E402
 from qscope.model import load_model  # noqa: E402
 from qscope.steer.evaluate import NEUTRAL_PROMPTS  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 
 
-def token_batch(lm, batch: int, seq: int) -> torch.Tensor:
-    ids: list[int] = []
-    while len(ids) < batch * seq:
-        for text in SAMPLE_TEXTS:
-            ids.extend(lm.tokenizer(text + "\n\n", add_special_tokens=False)["input_ids"])
-    return torch.tensor(ids[: batch * seq]).reshape(batch, seq)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=16)
-    ap.add_argument("--out", default=str(ROOT / "results" / "dtype_forward.json"))
-    args = ap.parse_args()
+    args = add_options(ap, "dtype_forward", repeats=7, batch=8, seq=128, new_tokens=16).parse_args()
 
     machine = describe("cpu")
     print_machine(machine)
@@ -59,15 +42,8 @@ def main() -> None:
     jobs = {(kind, name): (lambda lm=lm: lm.model(input_ids=ids, use_cache=False)) if kind == "forward"
             else (lambda lm=lm: lm.generate(prompts, **gen))
             for kind in ("forward", "generate") for name, lm in lms.items()}
-    times: dict = {key: [] for key in jobs}
-    with torch.no_grad():
-        for round_ in range(args.repeats + 1):
-            for key, job in jobs.items():
-                start = time.perf_counter()
-                job()
-                if round_:  # round 0 warms up
-                    times[key].append(time.perf_counter() - start)
-            print(f"round {round_}/{args.repeats}", file=sys.stderr, flush=True)
+    times = interleaved(jobs, args.repeats, warmup=1,
+                        progress=lambda round_: print(f"round {round_}/{args.repeats}", file=sys.stderr, flush=True))
 
     n_tokens = {"forward": args.batch * args.seq, "generate": args.batch * args.new_tokens}
     rows = {}

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, print_machine  # noqa: E402
+from machine import add_options, describe, print_machine  # noqa: E402
 from qscope.io import write_json  # noqa: E402
 
 CHILD = """
@@ -112,10 +112,8 @@ def timed_load(gguf: Path, home: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3, help="cached loads per model")
-    ap.add_argument("--models", default="gemma,smollm2")
-    ap.add_argument("--out", default=str(ROOT / "results" / "gguf_load.json"))
-    args = ap.parse_args()
+    args = add_options(ap, "gguf_load", repeats=3, models="gemma,smollm2",
+                       helps={"repeats": "cached loads per model"}).parse_args()
 
     machine = describe("cpu")
     print_machine(machine)

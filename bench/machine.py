@@ -9,16 +9,21 @@ JSON, and states its figures as a share of a limit (`share`):
 CPU flags that decide those rates (AVX2, AVX-512, AVX512-BF16, AMX) come from
 `qscope.model.hardware`, which also picks `--dtype auto`, so numbers from different machines
 can be read side by side.
+
+The scripts also share from here their common options (`add_options`), the interleaved timing
+loop (`interleaved`, `summary`) and a batch of real-text token ids (`token_batch`).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Hashable
 
 import torch
 
@@ -28,6 +33,7 @@ from qscope.model.hardware import MATRIX_FLAGS, auto_dtype, cpu_flags, cpu_name 
 from qscope.provenance import record  # noqa: E402
 
 MATMUL_SHAPE = (4096, 576, 9216)  # (tokens, d_model, d_sae) of the default SAEs' encode
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def sync(device: torch.device | str) -> None:
@@ -116,6 +122,51 @@ def forward_limit(info: dict, lm, seq: int, dtype: torch.dtype | str, **kwargs) 
 def share(value: float, limit: float) -> float:
     """`value` as a fraction of `limit` (same unit)."""
     return value / limit if limit else float("nan")
+
+
+def add_options(parser: argparse.ArgumentParser, name: str, helps: dict[str, str] | None = None,
+                **defaults) -> argparse.ArgumentParser:
+    """`--<option>` for each keyword (its type that of the default, `_` written `-`, help text from
+    `helps`), then `--out` defaulting to bench/results/<name>.json: the options most bench scripts share."""
+    for option, default in defaults.items():
+        parser.add_argument("--" + option.replace("_", "-"), type=type(default), default=default,
+                            help=(helps or {}).get(option))
+    parser.add_argument("--out", default=str(RESULTS / f"{name}.json"))
+    return parser
+
+
+def interleaved(variants: dict[Hashable, Callable[[], object]], repeats: int, warmup: int,
+                progress: Callable[[int], None] | None = None) -> dict[Hashable, list[float]]:
+    """Seconds per call of each variant, `repeats` rounds of one call each, after `warmup` rounds:
+    one call of every variant per round, so load from other processes hits all of them alike.
+    `progress(round)` is called after each round."""
+    times: dict[Hashable, list[float]] = {name: [] for name in variants}
+    with torch.no_grad():
+        for round_ in range(warmup + repeats):
+            for name, fn in variants.items():
+                start = time.perf_counter()
+                fn()
+                elapsed = time.perf_counter() - start
+                if round_ >= warmup:
+                    times[name].append(elapsed)
+            if progress:
+                progress(round_)
+    return times
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": [round(t, 5) for t in times]}
+
+
+def token_batch(lm, batch: int, seq: int) -> torch.Tensor:
+    """(batch, seq) ids cut from the sample texts (repeated as needed): real text, no padding."""
+    from qscope.metrics import SAMPLE_TEXTS
+
+    ids: list[int] = []
+    while len(ids) < batch * seq:
+        for text in SAMPLE_TEXTS:
+            ids.extend(lm.tokenizer(text + "\n\n", add_special_tokens=False)["input_ids"])
+    return torch.tensor(ids[: batch * seq]).reshape(batch, seq)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, forward_limit, print_machine, share  # noqa: E402
+from machine import add_options, describe, forward_limit, interleaved, print_machine, share  # noqa: E402
 from qscope.io import write_json
 from qscope.model import load_model
 from qscope.sae import SAE
@@ -38,14 +37,8 @@ from qscope.steer.evaluate import NEUTRAL_PROMPTS
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--layer", type=int, default=15)
-    ap.add_argument("--feature", type=int, default=100)
-    ap.add_argument("--dtype", default="auto", help="the LM's dtype (auto, float32, bfloat16)")
-    ap.add_argument("--out", default=str(ROOT / "results" / "steer_speed.json"))
-    args = ap.parse_args()
+    args = add_options(ap, "steer_speed", repeats=5, batch=8, tokens=32, layer=15, feature=100, dtype="auto",
+                       helps={"dtype": "the LM's dtype (auto, float32, bfloat16)"}).parse_args()
 
     machine = describe("cpu")
     print_machine(machine)
@@ -61,14 +54,9 @@ def main() -> None:
         "direction_add": DirectionSteering(random_direction(lm.d_model, 0), args.layer, 20.0),
     }
     gen = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, chat=True)
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for round_ in range(args.repeats + 1):
-        for name, steer in variants.items():
-            start = time.perf_counter()
-            lm.generate(prompts, steer=steer, **gen)
-            if round_:  # round 0 is the warm-up
-                times[name].append(time.perf_counter() - start)
-        print(f"round {round_}/{args.repeats} done", file=sys.stderr, flush=True)
+    times = interleaved({name: lambda steer=steer: lm.generate(prompts, steer=steer, **gen)
+                         for name, steer in variants.items()}, args.repeats, warmup=1,
+                        progress=lambda round_: print(f"round {round_}/{args.repeats} done", file=sys.stderr, flush=True))
 
     n_tokens = args.batch * args.tokens
     base = statistics.median(times["plain"])

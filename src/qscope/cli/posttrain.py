@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json as _json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import typer
 
 from ..parse import int_list
 from .common import JsonOpt, ModelOpt, SaeOpt, console, emit_json, load_models, read_texts
+
+T = TypeVar("T")
 
 app = typer.Typer(help="SAE-guided post-training: SASFT against code-switching, SAE-guided GRPO against repetition.",
                   no_args_is_help=True)
@@ -142,6 +144,20 @@ def _sft_examples(data: Path) -> list:
     return examples
 
 
+def _train_and_save(lm, out: Path, name: str, steps: int, train: Callable[[Callable[[dict], None]], T],
+                    status: Callable[[dict], str]) -> T:
+    """`train(on_step)` under a transient progress bar that ticks once a step and shows the
+    step's `status`; then the trained model is saved to `out/model`."""
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(name, total=steps)
+        res = train(lambda s: bar.update(task, advance=1, description=f"{name} {status(s)}"))
+    out.mkdir(parents=True, exist_ok=True)
+    lm.model.save_pretrained(out / "model")
+    return res
+
+
 @app.command("sasft")
 def sasft_cmd(
     data: Path = typer.Argument(..., help="jsonl of {\"prompt\", \"response\"} (+ optional \"penalise\": true/false; "
@@ -164,8 +180,6 @@ def sasft_cmd(
 
     Example: qscope posttrain sasft pairs.jsonl --features zh.json --lam 1e-3 --steps 200 --out sasft-run
     """
-    from rich.progress import Progress
-
     from ..errors import QScopeError
     from ..io import write_json
     from ..posttrain import LanguageFeatureSet, SASFTConfig, run_sasft
@@ -181,12 +195,8 @@ def sasft_cmd(
     cfg = SASFTConfig(lam=lam, features=spec.features, alphas=spec.alphas, lang=spec.lang, lr=lr, steps=steps,
                       batch=batch, seed=seed, max_length=max_length, lora_rank=lora)
     lm, saes = load_models(model, sae, cfg.layers, dtype="float32")  # trained: bf16 weights round small AdamW steps away
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("SASFT", total=steps)
-        res = run_sasft(lm, saes, examples, cfg, on_step=lambda s: bar.update(
-            task, advance=1, description=f"SASFT ce={s['ce']:.3f} pen={s['penalty']:.4f}"))
-    out.mkdir(parents=True, exist_ok=True)
-    lm.model.save_pretrained(out / "model")
+    res = _train_and_save(lm, out, "SASFT", steps, lambda on_step: run_sasft(lm, saes, examples, cfg, on_step=on_step),
+                          lambda s: f"ce={s['ce']:.3f} pen={s['penalty']:.4f}")
     write_json(out / "train_log.json", res.to_dict(), provenance=record(seeds={"init_and_batches": seed}))
     console.print(f"{res.n_penalised} of {res.n_examples} responses penalised; saved to {out}")
     if json:
@@ -215,8 +225,6 @@ def grpo_cmd(
 
     Example: qscope posttrain grpo prompts.txt --features 123,456 --strength 8 --steps 30 --out grpo-guided
     """
-    from rich.progress import Progress
-
     from ..io import write_json
     from ..model import load_model
     from ..posttrain import GRPOConfig, add_lora, train_grpo
@@ -233,12 +241,8 @@ def grpo_cmd(
             lm = load_model(model, dtype="float32")
     add_lora(lm, r=8, alpha=16)
     cfg = GRPOConfig(group_size=group, prompts_per_step=per_step, max_new_tokens=tokens, lr=lr, kl_coef=kl, steer=steer)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("GRPO", total=steps)
-        res = train_grpo(lm, ps, cfg, steps, on_step=lambda s: bar.update(
-            task, advance=1, description=f"GRPO reward={s['reward']:.3f} rep={s['repetition']:.3f}"))
-    out.mkdir(parents=True, exist_ok=True)
-    lm.model.save_pretrained(out / "model")
+    res = _train_and_save(lm, out, "GRPO", steps, lambda on_step: train_grpo(lm, ps, cfg, steps, on_step=on_step),
+                          lambda s: f"reward={s['reward']:.3f} rep={s['repetition']:.3f}")
     result = {**res.to_dict(), "out": str(out)}
     write_json(out / "history.json", result)
     console.print(f"final rollout repetition {res.final['repetition']:.3f}; saved to {out}")

@@ -108,7 +108,38 @@ def encode_examples(
     return codes_from_residuals(saes, capture_examples(lm, sorted(saes), texts, max_length, batch_size))
 
 
-class ResidualStore:
+class _PartStore:
+    """What both caches share: texts keyed by `text_key`, stored CHUNK at a time in
+    `folder/part-*.npz`, each part written atomically as soon as it is made, so a killed run
+    keeps every finished chunk and a rerun does only the rest."""
+
+    folder: Path
+    _where: dict[str, object]  # text key -> where its row is stored
+
+    def missing(self, texts: Sequence[str]) -> list[str]:
+        return [t for t in dict.fromkeys(texts) if text_key(t) not in self._where]
+
+    def ensure(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> None:
+        """Store the texts not cached yet (shortest first, to waste little on padding)."""
+        todo = sorted(self.missing(texts), key=len)
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            self._store(chunk)
+            if progress:
+                progress(len(chunk))
+
+    def _store(self, chunk: list[str]) -> None:
+        raise NotImplementedError
+
+    def _write_part(self, keys: list[str], arrays: dict[str, np.ndarray]) -> Path:
+        target = self.folder / f"part-{len(list(self.folder.glob('part-*.npz'))):05d}-{keys[0][:8]}.npz"
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        return target
+
+
+class ResidualStore(_PartStore):
     """Optional first cache level: per-token residuals (fp16) of each text, independent of any
     SAE, so evaluating retrained SAEs on the same texts needs no forward pass. About
     n_tokens x layers x d_model x 2 bytes on disk."""
@@ -128,26 +159,15 @@ class ResidualStore:
                 for row, k in enumerate(z["keys"]):
                     self._where.setdefault(str(k), (part, row))
 
-    def missing(self, texts: Sequence[str]) -> list[str]:
-        return [t for t in dict.fromkeys(texts) if text_key(t) not in self._where]
-
-    def ensure(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> None:
-        todo = sorted(self.missing(texts), key=len)
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start : start + CHUNK]
-            res = capture_examples(self.lm, self.layers, chunk, self.max_length, self.batch_size)
-            keys = [text_key(t) for t in chunk]
-            arrays = {"keys": np.array(keys), "lengths": np.array([r[self.layers[0]].shape[0] for r in res])}
-            for l in self.layers:
-                arrays[f"r{l}"] = torch.cat([r[l] for r in res]).numpy().astype(np.float16)
-            target = self.folder / f"part-{len(list(self.folder.glob('part-*.npz'))):05d}-{keys[0][:8]}.npz"
-            with atomic_path(target) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, **arrays)
-            for row, k in enumerate(keys):
-                self._where.setdefault(k, (target, row))
-            if progress:
-                progress(len(chunk))
+    def _store(self, chunk: list[str]) -> None:
+        res = capture_examples(self.lm, self.layers, chunk, self.max_length, self.batch_size)
+        keys = [text_key(t) for t in chunk]
+        arrays = {"keys": np.array(keys), "lengths": np.array([r[self.layers[0]].shape[0] for r in res])}
+        for l in self.layers:
+            arrays[f"r{l}"] = torch.cat([r[l] for r in res]).numpy().astype(np.float16)
+        target = self._write_part(keys, arrays)
+        for row, k in enumerate(keys):
+            self._where.setdefault(k, (target, row))
 
     def get(self, texts: Sequence[str]) -> list[dict[int, torch.Tensor]]:
         """Stored residuals of `texts` (all must be present; see `ensure`)."""
@@ -180,7 +200,7 @@ def _fingerprint(lm: LM, saes: dict[int, SAE], max_length: int, via_fp16: bool =
     return digest.hexdigest()[:16]
 
 
-class CodeCache:
+class CodeCache(_PartStore):
     """Disk cache of `encode_examples` results, keyed by text; resumable chunk by chunk."""
 
     def __init__(
@@ -209,7 +229,7 @@ class CodeCache:
             "d_sae": {str(l): s.cfg.d_sae for l, s in saes.items()},
         }
         write_json(self.folder / "meta.json", meta)
-        self._rows: dict[str, int] = {}  # text key -> row in the stacked parts
+        self._where: dict[str, int] = {}  # text key -> row in the stacked parts
         self._parts: list[Codes] = []
         self._stacked: Codes | None = None
         for part in sorted(self.folder.glob("part-*.npz")):
@@ -229,7 +249,7 @@ class CodeCache:
         self._parts.append(Codes(self.layers, max_acts, means))
         self._stacked = None
         for row, key in enumerate(keys):
-            self._rows.setdefault(key, offset + row)
+            self._where.setdefault(key, offset + row)
 
     def _save_part(self, keys: list[str], codes: Codes) -> None:
         arrays: dict[str, np.ndarray] = {"keys": np.array(keys)}
@@ -243,28 +263,16 @@ class CodeCache:
                     f"m{l}": codes.means[l].astype(np.float16),
                 }
             )
-        target = self.folder / f"part-{len(list(self.folder.glob('part-*.npz'))):05d}-{keys[0][:8]}.npz"
-        with atomic_path(target) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+        target = self._write_part(keys, arrays)
         self._load_part(target)  # read back as stored (fp16), so cached and fresh codes are identical
 
-    def missing(self, texts: Sequence[str]) -> list[str]:
-        return [t for t in dict.fromkeys(texts) if text_key(t) not in self._rows]
-
-    def ensure(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> None:
-        """Encode the texts not cached yet (shortest first, to waste little on padding)."""
-        todo = sorted(self.missing(texts), key=len)
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start : start + CHUNK]
-            if self.residuals is not None:
-                self.residuals.ensure(chunk)
-                codes = codes_from_residuals(self.saes, self.residuals.get(chunk))
-            else:
-                codes = encode_examples(self.lm, self.saes, chunk, self.max_length, self.batch_size)
-            self._save_part([text_key(t) for t in chunk], codes)
-            if progress:
-                progress(len(chunk))
+    def _store(self, chunk: list[str]) -> None:
+        if self.residuals is not None:
+            self.residuals.ensure(chunk)
+            codes = codes_from_residuals(self.saes, self.residuals.get(chunk))
+        else:
+            codes = encode_examples(self.lm, self.saes, chunk, self.max_length, self.batch_size)
+        self._save_part([text_key(t) for t in chunk], codes)
 
     def codes(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> Codes:
         """Codes of `texts` in order, encoding whatever is missing first."""
@@ -275,4 +283,4 @@ class CodeCache:
                 {l: sp.vstack([c.max_acts[l] for c in self._parts]).tocsr() for l in self.layers},
                 {l: np.concatenate([c.means[l] for c in self._parts]) for l in self.layers},
             )
-        return self._stacked.subset([self._rows[text_key(t)] for t in texts])
+        return self._stacked.subset([self._where[text_key(t)] for t in texts])

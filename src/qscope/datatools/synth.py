@@ -359,6 +359,29 @@ def _check(
     return out
 
 
+def _generate(
+    generator: Generator,
+    calls: list[tuple[int | None, int, int]],
+    batch_seed: int,
+    progress: Callable[[int], None] | None,
+) -> list[tuple[int | None, dict]]:
+    """(target, record) rows for `calls` of (target, n, seed): all in one `generate_batch`
+    seeded with `batch_seed` when the generator has it (many targets per forward), else one
+    `generate` per call."""
+    if hasattr(generator, "generate_batch"):
+        wanted = [target for target, n, _ in calls for _ in range(n)]
+        rows = list(zip(wanted, generator.generate_batch(wanted, batch_seed)))
+        if progress:
+            progress(len(wanted))
+        return rows
+    rows = []
+    for target, n, call_seed in calls:
+        rows += [(target, r) for r in generator.generate(target, n, call_seed)]
+        if progress:
+            progress(n)
+    return rows
+
+
 def synthesize(
     lm: LM,
     sae: SAE,
@@ -371,17 +394,8 @@ def synthesize(
 ) -> list[Candidate]:
     """`per_target` candidates for each target; each checked for firing its target."""
     targets = check_targets(targets, sae.cfg.d_sae)
-    rows: list[tuple[int | None, dict]] = []
-    if hasattr(generator, "generate_batch"):  # many targets per forward
-        wanted = [t for t in targets for _ in range(per_target)]
-        rows = list(zip(wanted, generator.generate_batch(wanted, seed)))
-        if progress:
-            progress(len(wanted))
-    else:
-        for i, target in enumerate(targets):
-            rows += [(target, r) for r in generator.generate(target, per_target, seed + 1000 * i)]
-            if progress:
-                progress(per_target)
+    calls = [(target, per_target, seed + 1000 * i) for i, target in enumerate(targets)]
+    rows = _generate(generator, calls, seed, progress)
     return _check(lm, sae, rows, generator.name, targets, max_length)
 
 
@@ -398,16 +412,9 @@ def untargeted(
 ) -> list[Candidate]:
     """The random baseline: `budget` untargeted generations; kept if they fire any target."""
     targets = check_targets(targets, sae.cfg.d_sae)
-    rows: list[tuple[int | None, dict]] = []
-    if hasattr(generator, "generate_batch"):
-        rows = [(None, r) for r in generator.generate_batch([None] * budget, seed + 7919)]
-        if progress:
-            progress(budget)
-    for i, start in enumerate(range(0, budget if not rows else 0, batch)):
-        n = min(batch, budget - start)
-        rows += [(None, r) for r in generator.generate(None, n, seed + 7919 * (i + 1))]
-        if progress:
-            progress(n)
+    calls = [(None, min(batch, budget - start), seed + 7919 * (i + 1))
+             for i, start in enumerate(range(0, budget, batch))]
+    rows = _generate(generator, calls, seed + 7919, progress)
     return _check(lm, sae, rows, f"random:{generator.name}", targets, max_length)
 
 
