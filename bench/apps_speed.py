@@ -15,9 +15,9 @@ Each path is the library call its CLI command makes once the model is loaded (lo
 
 The floor of each path is the plain model forward over the same tokens, batched and padded as the
 path batches them, tokenised beforehand: stopped after the SAE's layer for features build and
-footprint (they stop there too), the full forward with the LM head for uncertainty label and
-steer eval (for steer eval over each chat prompt + the answer it got: scoring an answer cannot
-take less than one forward over it). `share` = floor time / path time, i.e. the path's rate as a
+footprint (they stop there too), the full forward with the LM head at the last position for
+uncertainty label (letter scoring reads no other), and at every position for steer eval, over each
+chat prompt + the answer it got (scoring an answer cannot take less than one forward over it). `share` = floor time / path time, i.e. the path's rate as a
 share of the rate of its forward; 1 - share is the time spent outside the forward.
 
 A features build also computes every feature's promoted tokens once per store (unembedding x
@@ -79,15 +79,16 @@ def batches(seq: list, size: int = BATCH) -> list[list]:
 class Floor:
     """The plain forward over fixed token batches: `run()` is what the path cannot go below."""
 
-    def __init__(self, lm, encoded: list, stop_after: int | None):
-        self.lm, self.encoded, self.stop_after = lm, encoded, stop_after
+    def __init__(self, lm, encoded: list, stop_after: int | None, logits_to_keep: int = 0):
+        self.lm, self.encoded, self.stop_after, self.logits_to_keep = lm, encoded, stop_after, logits_to_keep
         self.tokens = int(sum(int(enc["attention_mask"].sum()) for enc in encoded))
 
     @torch.no_grad()
     def run(self) -> None:
         for enc in self.encoded:
             if self.stop_after is None:
-                self.lm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], use_cache=False)
+                self.lm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], use_cache=False,
+                              logits_to_keep=self.logits_to_keep)
             else:
                 self.lm.run_to_layers(enc["input_ids"], enc["attention_mask"], [self.stop_after])
 
@@ -176,7 +177,7 @@ class UncertaintyLabel:
         with lm.left_truncation():
             encoded = [lm.tokenize([self.items[j].prompt for j in chunk], max_length=LabelConfig.max_length,
                                    padding_side="left") for chunk in batches(order)]
-        return Floor(lm, encoded, None)
+        return Floor(lm, encoded, None, logits_to_keep=1)  # letter scoring reads the head at the last position only
 
 
 class SteerEval:
