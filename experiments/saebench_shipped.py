@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import sys
@@ -32,6 +33,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+# SAEBench 0.6.0's sparse probing calls a beartype-only function (train_sklearn_probe) from inside a
+# jaxtyped one, and jaxtyping >= 0.3 (which transformer-lens 3.9 needs) then checks its two-class
+# training set (2n rows) against the outer call's per-class size (n) and raises. These are runtime
+# shape checks only; turning them off changes no number.
+os.environ.setdefault("JAXTYPING_DISABLE", "1")
 
 import torch  # noqa: E402
 
@@ -294,7 +300,7 @@ def probe_latents(layer: int, kind: str, names: list[str], artifacts: Path, k: i
 
 def run_footprints(layer: int, args) -> dict:
     """qscope's benchmark footprints (last token) at this layer, for the two-way view."""
-    from qscope.evals.benchmarks import load_benchmark
+    from qscope.data.benchmarks import load_benchmark
     from qscope.evals.footprint import FootprintConfig, compute_footprints
     from qscope.model import load_model
     from qscope.sae import SAE
