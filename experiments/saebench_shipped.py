@@ -294,7 +294,7 @@ def probe_latents(layer: int, kind: str, names: list[str], artifacts: Path, k: i
         for cls in meaned:
             x, y = probe_training.prepare_probe_data(meaned, cls)
             mask = probe_training.get_top_k_mean_diff_mask(x, y, k)
-            out[f"{name}/{cls}"] = torch.nonzero(mask).flatten().tolist()
+            out[f"{name}/{cls}"] = torch.nonzero(~mask).flatten().tolist()  # SAEBench marks the kept latents False
     return out
 
 
