@@ -22,6 +22,7 @@ evals can be run one at a time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -191,35 +192,36 @@ def run_absorption(model, layer: int, kind: str, args) -> dict:
     sample = sorted(random.Random(RANDOM_SEED).sample(vocab, min(args.absorption_words, len(vocab))))
     common.get_alpha_tokens = feature_absorption.get_alpha_tokens = lambda tokenizer: list(sample)
     absorption.HookedTransformer = GivenModel(model)
-    shutil.rmtree(common.RESULTS_DIR, ignore_errors=True)  # SAEBench caches probes by model name only
     config = AbsorptionEvalConfig(model_name=MODEL_NAME, random_seed=RANDOM_SEED, llm_batch_size=args.batch_prompts,
                                   llm_dtype="float32", k_sparse_probe_num_epochs=args.absorption_epochs)
-    with tempfile.TemporaryDirectory() as tmp:
+    artifacts = Path(args.artifacts)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    # SAEBench writes its per-letter k-sparse probing table to ./artifacts/absorption: keep it out of the checkout
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(artifacts):
+        shutil.rmtree(common.RESULTS_DIR, ignore_errors=True)  # SAEBench caches probes by model name only
         results = absorption.run_eval(config, [(sae_name(layer, kind), saelens_sae(layer, kind))], "cpu", tmp,
                                       force_rerun=True)
-    probing = _k_sparse_probing_table(common.RESULTS_DIR, sae_name(layer, kind))
+    probing = _k_sparse_probing_table(artifacts / "artifacts" / "absorption", sae_name(layer, kind))
     out = {"vocabulary": f"{len(sample)} of {len(vocab)} alphabetic tokens (seed {RANDOM_SEED})",
            "k_sparse_probing": probing}
     if not results:
-        out["skipped"] = ("fewer than min_feats_for_eval letters have a ground-truth probe with F1 > "
-                          f"{config.min_GT_probe_f1}")
+        passed = sum(row["f1_probe"] > config.min_GT_probe_f1 for row in probing)
+        out["skipped"] = (f"{passed} of {len(probing)} letters have a ground-truth probe with F1 > {config.min_GT_probe_f1}; "
+                          f"SAEBench scores absorption from {config.min_feats_for_eval}")
         return out
     res = json.loads(json.dumps(next(iter(results.values())), default=str))
     out.update(metrics=res["eval_result_metrics"], details=res["eval_result_details"])
     return out
 
 
-def _k_sparse_probing_table(results_dir: Path, name: str) -> list[dict]:
-    """Per letter: the LM probe's F1 and the SAE latents SAEBench's k-sparse probes pick (k = 1 and 2)."""
-    import pandas as pd
-
-    files = list(Path(results_dir).glob(f"**/{name}/*metrics*.parquet"))
-    if not files:
+def _k_sparse_probing_table(folder: Path, name: str) -> list[dict]:
+    """Per letter: the LM probe's F1 (SAEBench's ground truth) and the SAE latents its k-sparse probes
+    pick (k = 1 and 2), from the table SAEBench writes before it decides whether to score absorption."""
+    path = folder / f"{name}_custom_sae_k_sparse_probing.json"
+    if not path.exists():
         return []
-    df = pd.read_parquet(files[0])
-    keep = [c for c in df.columns if c in ("letter", "f1_probe", "f1_sparse_sae_1", "sparse_sae_k_1_feats",
-                                            "sparse_sae_k_2_feats", "f1_sparse_sae_2")]
-    return json.loads(df[keep].to_json(orient="records"))
+    keep = ("letter", "f1_probe", "f1_sparse_sae_1", "sparse_sae_k_1_feats", "sparse_sae_k_2_feats", "f1_sparse_sae_2")
+    return [{k: row[k] for k in keep if k in row} for row in json.loads(path.read_text())]
 
 
 def offline_probing_datasets(n_train: int, n_test: int) -> dict[str, dict[str, list[str]]]:
