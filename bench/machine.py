@@ -162,10 +162,8 @@ def token_batch(lm, batch: int, seq: int) -> torch.Tensor:
     """(batch, seq) ids cut from the sample texts (repeated as needed): real text, no padding."""
     from qscope.metrics import SAMPLE_TEXTS
 
-    ids: list[int] = []
-    while len(ids) < batch * seq:
-        for text in SAMPLE_TEXTS:
-            ids.extend(lm.tokenizer(text + "\n\n", add_special_tokens=False)["input_ids"])
+    once = [i for text in SAMPLE_TEXTS for i in lm.tokenizer(text + "\n\n", add_special_tokens=False)["input_ids"]]
+    ids = once * -(-batch * seq // len(once))  # tokenised once, repeated to length
     return torch.tensor(ids[: batch * seq]).reshape(batch, seq)
 
 
