@@ -193,7 +193,8 @@ def run_absorption(model, layer: int, kind: str, args) -> dict:
     common.get_alpha_tokens = feature_absorption.get_alpha_tokens = lambda tokenizer: list(sample)
     absorption.HookedTransformer = GivenModel(model)
     config = AbsorptionEvalConfig(model_name=MODEL_NAME, random_seed=RANDOM_SEED, llm_batch_size=args.batch_prompts,
-                                  llm_dtype="float32", k_sparse_probe_num_epochs=args.absorption_epochs)
+                                  llm_dtype="float32", k_sparse_probe_num_epochs=args.absorption_epochs,
+                                  min_feats_for_eval=args.absorption_min_letters)
     artifacts = Path(args.artifacts)
     artifacts.mkdir(parents=True, exist_ok=True)
     # SAEBench writes its per-letter k-sparse probing table to ./artifacts/absorption: keep it out of the checkout
@@ -371,6 +372,9 @@ def main() -> None:
     ap.add_argument("--batch-prompts", type=int, default=8)
     ap.add_argument("--absorption-words", type=int, default=1500, help="absorption: vocabulary sample")
     ap.add_argument("--absorption-epochs", type=int, default=50, help="absorption: k-sparse probe epochs")
+    ap.add_argument("--absorption-min-letters", type=int, default=20,
+                    help="absorption: SAEBench's min_feats_for_eval, the letters whose ground-truth probe must reach "
+                         "F1 > 0.6 before it scores (its default 20; a lower value is kept under its own key)")
     ap.add_argument("--probe-train", type=int, default=60, help="probing: training texts per class")
     ap.add_argument("--probe-test", type=int, default=30, help="probing: test texts per class")
     ap.add_argument("--probe-context", type=int, default=64, help="probing: tokens per text")
@@ -397,7 +401,7 @@ def main() -> None:
         for layer in layers:
             kinds = ["shipped"] + (["random"] if layer in random_layers and name != "footprints" else [])
             for kind in kinds:
-                key = f"{name}/{sae_name(layer, kind)}"
+                key = f"{name}/{sae_name(layer, kind)}" + _variant(name, args)
                 if key in result["runs"] and not args.force:
                     print(f"== {key}: in {out_path} already (--force to rerun)", file=sys.stderr)
                     continue
@@ -420,6 +424,13 @@ def main() -> None:
                                      if (view := two_way_view(result["runs"], l)) is not None}
                 write_json(out_path, result, provenance=record(seeds={"sample": RANDOM_SEED}))
                 print(f"   {entry['seconds']} s", file=sys.stderr, flush=True)
+
+
+def _variant(name: str, args) -> str:
+    """Key suffix of a run made with a non-default SAEBench setting, so it never replaces the default run."""
+    if name == "absorption" and args.absorption_min_letters != 20:
+        return f"+min-letters-{args.absorption_min_letters}"
+    return ""
 
 
 def _versions() -> dict:
