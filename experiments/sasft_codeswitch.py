@@ -57,9 +57,11 @@ the one an equal training budget can answer: does the penalty remove more of it 
 choose it). Same arms, seeds, primary comparison, Holm correction and success rule; if plain SFT
 falls below 5% again, it is reported the same way.
 
-Prerequisite: an SAE for layer 23 (only 6/15/24 ship), trained with the recipe of
-docs/default-saes.md (`qscope train --model default --layers 23 ...`), passed as
-`--sae-path 23=<folder>`.
+Fifth run: the fourth design on the two adjacent late layers 23 and 24 (top 2 features each). Only
+6/15/24 ship, so layer 23 uses `experiments/saes/smollm2-layer23-cpu1.5M`, trained on a CPU with the
+shipped recipe's defaults but 1.5M tokens (`qscope train --model default --layers 23 --tokens 1.5M
+--data mix --dtype auto --device cpu --out runs/l23`, seed 0); any other layer-23 SAE is passed the
+same way, `--sae-path 23=<folder>`.
 
     .venv/bin/python experiments/sasft_codeswitch.py --sae-path 23=runs/saes/layer23      # the full run
     .venv/bin/python experiments/sasft_codeswitch.py --layers 24 --arms sft,sasft_1e-3 --seeds 0 --steps 2 \\
@@ -71,6 +73,10 @@ docs/default-saes.md (`qscope train --model default --layers 23 ...`), passed as
         --arm-lr 2e-4 --out experiments/runs/sasft-l24-persistent --docs-name sasft_l_reduce_l24_persistent  # the third
     .venv/bin/python experiments/sasft_codeswitch.py --layers 24 --top 4 --design other-context --switcher-steps 400 \
         --arm-lr 2e-4 --arm-steps 16 --out experiments/runs/sasft-l24-short --docs-name sasft_l_reduce_l24_short  # the fourth
+    .venv/bin/python experiments/sasft_codeswitch.py --layers 23,24 --top 2 \
+        --sae-path 23=experiments/saes/smollm2-layer23-cpu1.5M --design other-context --switcher-steps 400 \
+        --arm-lr 2e-4 --arm-steps 16 --arms sft,sasft_1e-3,sasft_1e-2 --out experiments/runs/sasft-l23-24 \
+        --docs-name sasft_l_reduce_l23_24                                                 # the fifth
 
 Each finished cell (arm x seed) is cached in <out>/cells.json and skipped on a rerun; the
 summary lands in docs/posttrain/<docs-name>.json with provenance.
