@@ -63,7 +63,7 @@ shipped recipe's defaults but 1.5M tokens (`qscope train --model default --layer
 --data mix --dtype auto --device cpu --out runs/l23`, seed 0); any other layer-23 SAE is passed the
 same way, `--sae-path 23=<folder>`.
 
-    .venv/bin/python experiments/sasft_codeswitch.py --sae-path 23=runs/saes/layer23      # the full run
+    .venv/bin/python experiments/sasft_codeswitch.py --sae-path 23=experiments/saes/smollm2-layer23-cpu1.5M  # the full run
     .venv/bin/python experiments/sasft_codeswitch.py --layers 24 --arms sft,sasft_1e-3 --seeds 0 --steps 2 \\
         --n-eval 6 --n-probe 6 --n-ppl 4 --n-select 16 --bench arc_easy#4,sciq#4 --out runs/posttrain/sasft-smoke \\
         --docs-name sasft_codeswitch_smoke                                                # a smoke run
