@@ -48,6 +48,7 @@ from qscope.provenance import record  # noqa: E402
 OUT = ROOT / "docs" / "default-saes" / "saebench.json"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 RANDOM_SEED = 0
+SAEBENCH_MIN_LETTERS = 20  # AbsorptionEvalConfig.min_feats_for_eval in sae-bench 0.6.0
 EVALS = ("core", "absorption", "probing", "footprints")
 
 
@@ -372,7 +373,7 @@ def main() -> None:
     ap.add_argument("--batch-prompts", type=int, default=8)
     ap.add_argument("--absorption-words", type=int, default=1500, help="absorption: vocabulary sample")
     ap.add_argument("--absorption-epochs", type=int, default=50, help="absorption: k-sparse probe epochs")
-    ap.add_argument("--absorption-min-letters", type=int, default=20,
+    ap.add_argument("--absorption-min-letters", type=int, default=SAEBENCH_MIN_LETTERS,
                     help="absorption: SAEBench's min_feats_for_eval, the letters whose ground-truth probe must reach "
                          "F1 > 0.6 before it scores (its default 20; a lower value is kept under its own key)")
     ap.add_argument("--probe-train", type=int, default=60, help="probing: training texts per class")
@@ -428,7 +429,7 @@ def main() -> None:
 
 def _variant(name: str, args) -> str:
     """Key suffix of a run made with a non-default SAEBench setting, so it never replaces the default run."""
-    if name == "absorption" and args.absorption_min_letters != 20:
+    if name == "absorption" and args.absorption_min_letters != SAEBENCH_MIN_LETTERS:
         return f"+min-letters-{args.absorption_min_letters}"
     return ""
 

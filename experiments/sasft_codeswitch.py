@@ -71,11 +71,11 @@ same way, `--sae-path 23=<folder>`.
         --out experiments/runs/sasft-l24-other --docs-name sasft_l_reduce_l24_other       # the second design, layer 24
     .venv/bin/python experiments/sasft_codeswitch.py --layers 24 --top 4 --design other-context --switcher-steps 400 \\
         --arm-lr 2e-4 --out experiments/runs/sasft-l24-persistent --docs-name sasft_l_reduce_l24_persistent  # the third
-    .venv/bin/python experiments/sasft_codeswitch.py --layers 24 --top 4 --design other-context --switcher-steps 400 \
+    .venv/bin/python experiments/sasft_codeswitch.py --layers 24 --top 4 --design other-context --switcher-steps 400 \\
         --arm-lr 2e-4 --arm-steps 16 --out experiments/runs/sasft-l24-short --docs-name sasft_l_reduce_l24_short  # the fourth
-    .venv/bin/python experiments/sasft_codeswitch.py --layers 23,24 --top 2 \
-        --sae-path 23=experiments/saes/smollm2-layer23-cpu1.5M --design other-context --switcher-steps 400 \
-        --arm-lr 2e-4 --arm-steps 16 --arms sft,sasft_1e-3,sasft_1e-2 --out experiments/runs/sasft-l23-24 \
+    .venv/bin/python experiments/sasft_codeswitch.py --layers 23,24 --top 2 \\
+        --sae-path 23=experiments/saes/smollm2-layer23-cpu1.5M --design other-context --switcher-steps 400 \\
+        --arm-lr 2e-4 --arm-steps 16 --arms sft,sasft_1e-3,sasft_1e-2 --out experiments/runs/sasft-l23-24 \\
         --docs-name sasft_l_reduce_l23_24                                                 # the fifth
 
 Each finished cell (arm x seed) is cached in <out>/cells.json and skipped on a rerun; the
